@@ -20,6 +20,8 @@ pub mod runtimed {
 /// Encoded `FileDescriptorSet` of both packages, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kruntimes_descriptor");
 
+pub mod address;
+
 /// Converts between `SystemTime` and protobuf timestamps.
 pub mod time {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,1 +1,20 @@
-//! (placeholder)
+//! runtimed: the sidecar at the heart of kruntimes. It executes Runs through a
+//! Runtime Server (the built-in bash and python servers in local mode, or any
+//! server speaking `kruntimes.runtime.v1`), keeps each Run's output in an
+//! on-disk spool, and serves the `kruntimes.runtimed.v1` API.
+
+pub mod attempt;
+pub mod config;
+pub mod error;
+pub mod follow;
+pub mod metrics;
+pub mod run;
+pub mod runtime_server;
+pub mod server;
+pub mod service;
+pub mod spool;
+pub mod supervisor;
+pub mod validate;
+
+pub use config::Config;
+pub use server::serve;

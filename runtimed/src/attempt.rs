@@ -1,0 +1,231 @@
+//! Drives one attempt of a Run on its Runtime Server after Start: attaches to
+//! the execution's output (re-attaching from the spooled per-stream offsets if
+//! the stream breaks), spools every chunk, and turns the Exit into the Run's
+//! final state. A Runtime Server that dies mid-Run ends the Run with a reason
+//! that says so.
+
+use crate::metrics::{Metrics, ResultLabels, RuntimeLabels};
+use crate::run::{Phase, Run};
+use crate::runtime_server::RuntimeServer;
+use crate::spool::StreamKind;
+use crate::supervisor::signal_name;
+use kruntimes_proto::runtime::v1 as rpb;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::Code;
+
+/// How long runtimed keeps trying to re-attach to an execution whose server
+/// it cannot reach (external servers; supervised ones are known dead at once).
+const REATTACH_PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Attempt {
+    pub run: Arc<Run>,
+    pub server: Arc<RuntimeServer>,
+    pub metrics: Arc<Metrics>,
+    /// Server generation the execution was started under.
+    pub generation: u64,
+    /// Whether runtimed supervises the server (local mode).
+    pub supervised: bool,
+    pub timeout_ms: u64,
+    /// Held until the Run is finished: it counts against `--max-runs`.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Maps a Runtime Server Exit to the Run's phase, exit fields and message.
+pub fn outcome(e: &rpb::Exit, timeout_ms: u64) -> (Phase, Option<i32>, Option<i32>, String) {
+    let (code, signal) = match e.status {
+        Some(rpb::exit::Status::Code(c)) => (Some(c), None),
+        Some(rpb::exit::Status::Signal(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    let how = match (code, signal) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("killed by signal {s} ({})", signal_name(s)),
+        _ => "ended without an exit status".to_string(),
+    };
+    let (phase, mut msg) = if e.cancelled {
+        (Phase::Cancelled, format!("cancelled; the process {how}"))
+    } else if e.timed_out {
+        (
+            Phase::Timeout,
+            format!("timed out after {timeout_ms} ms; the process {how}"),
+        )
+    } else if code == Some(0) {
+        (Phase::Succeeded, how)
+    } else {
+        (Phase::Failed, how)
+    };
+    if !e.message.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(&e.message);
+    }
+    (phase, code, signal, msg)
+}
+
+impl Attempt {
+    pub async fn drive(self) {
+        let id = self.run.id.clone();
+        let result = self.follow_execution().await;
+        let (phase, code, signal, message) = match result {
+            Ok(exit) => outcome(&exit, self.timeout_ms),
+            Err(reason) => (Phase::Failed, None, None, reason),
+        };
+        self.run.finish(phase, code, signal, message.clone());
+        tracing::info!(phase = phase.as_str(), %message, "run finished");
+
+        let state = self.run.state();
+        let runtime = self.server.name.clone();
+        self.metrics
+            .runs_finished
+            .get_or_create(&ResultLabels {
+                runtime: runtime.clone(),
+                result: phase.as_str().to_string(),
+            })
+            .inc();
+        if let (Some(s), Some(f)) = (state.started_at, state.finished_at) {
+            let secs = f.duration_since(s).unwrap_or_default().as_secs_f64();
+            self.metrics
+                .run_duration
+                .get_or_create(&RuntimeLabels { runtime })
+                .observe(secs);
+        }
+        self.metrics.runs_active.dec();
+        // Best effort: the server drops the execution's buffers.
+        let mut client = self.server.client();
+        let _ = client
+            .forget(rpb::ForgetRequest {
+                execution_id: id.clone(),
+            })
+            .await;
+        drop(self.permit);
+    }
+
+    /// Returns the execution's Exit, or why the Run must fail without one.
+    async fn follow_execution(&self) -> Result<rpb::Exit, String> {
+        let id = &self.run.id;
+        let mut lost_since: Option<SystemTime> = None;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let (stdout_offset, stderr_offset) = self.run.spool.stream_lengths();
+            let mut client = self.server.client();
+            let attached = client
+                .attach(rpb::AttachRequest {
+                    execution_id: id.clone(),
+                    stdout_offset,
+                    stderr_offset,
+                })
+                .await;
+            let broke = match attached {
+                Ok(resp) => {
+                    let mut stream = resp.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(ev)) => match ev.event {
+                                Some(rpb::execution_event::Event::Output(c)) => {
+                                    lost_since = None;
+                                    pause = Duration::from_millis(20);
+                                    let kind = match rpb::Stream::try_from(c.stream) {
+                                        Ok(rpb::Stream::Stderr) => StreamKind::Stderr,
+                                        _ => StreamKind::Stdout,
+                                    };
+                                    if let Err(e) = self.run.spool.append(kind, c.offset, &c.data) {
+                                        let reason = format!("writing the log spool failed: {e}");
+                                        self.cancel_execution().await;
+                                        return Err(reason);
+                                    }
+                                }
+                                Some(rpb::execution_event::Event::Exited(e)) => return Ok(e),
+                                None => {}
+                            },
+                            Ok(None) => break tonic::Status::unavailable("attach stream ended before the exit"),
+                            Err(s) => break s,
+                        }
+                    }
+                }
+                Err(s) => s,
+            };
+            if broke.code() == Code::NotFound {
+                return Err(format!(
+                    "runtime server {} no longer knows this execution (it restarted?): {}",
+                    self.server.name,
+                    broke.message()
+                ));
+            }
+            let health = self.server.health();
+            if self.supervised && (!health.ready || health.generation != self.generation) {
+                self.kill_orphans();
+                return Err(format!(
+                    "the runtime server crashed while the Run was running ({})",
+                    health.reason
+                ));
+            }
+            let since = *lost_since.get_or_insert_with(SystemTime::now);
+            if since.elapsed().unwrap_or_default() > REATTACH_PATIENCE {
+                return Err(format!(
+                    "lost contact with runtime server {} at {} for over {}s: {}",
+                    self.server.name,
+                    self.server.address,
+                    REATTACH_PATIENCE.as_secs(),
+                    broke.message()
+                ));
+            }
+            tracing::warn!(run = %id, error = %broke.message(), "attach broke; re-attaching");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn cancel_execution(&self) {
+        let mut client = self.server.client();
+        let _ = client
+            .cancel(rpb::CancelRequest {
+                execution_id: self.run.id.clone(),
+                grace_period_ms: 0,
+            })
+            .await;
+    }
+
+    /// The server that supervised the process is gone; its process group (in
+    /// our PID namespace in local mode) must not outlive the Run.
+    fn kill_orphans(&self) {
+        let pid = self.run.state().pid;
+        if pid > 1 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(status: rpb::exit::Status) -> rpb::Exit {
+        rpb::Exit {
+            status: Some(status),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn outcomes() {
+        let (p, c, s, m) = outcome(&exit(rpb::exit::Status::Code(0)), 0);
+        assert_eq!((p, c, s), (Phase::Succeeded, Some(0), None));
+        assert_eq!(m, "exited with code 0");
+        let (p, _, _, m) = outcome(&exit(rpb::exit::Status::Code(3)), 0);
+        assert_eq!((p, m.as_str()), (Phase::Failed, "exited with code 3"));
+        let (p, c, s, m) = outcome(&exit(rpb::exit::Status::Signal(9)), 0);
+        assert_eq!((p, c, s), (Phase::Failed, None, Some(9)));
+        assert!(m.contains("SIGKILL"), "{m}");
+        let mut e = exit(rpb::exit::Status::Signal(15));
+        e.timed_out = true;
+        let (p, _, _, m) = outcome(&e, 500);
+        assert_eq!(p, Phase::Timeout);
+        assert!(m.contains("500 ms"), "{m}");
+        e.cancelled = true;
+        assert_eq!(outcome(&e, 500).0, Phase::Cancelled);
+    }
+}

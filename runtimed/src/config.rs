@@ -1,0 +1,95 @@
+//! runtimed's command-line flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "runtimed", version, about = "The kruntimes sidecar: runs Runs, spools their logs, serves the runtimed gRPC API")]
+pub struct Config {
+    /// gRPC API address. Loopback by default: reach it through port-forward.
+    #[arg(long, env = "RUNTIMED_LISTEN", default_value = "127.0.0.1:9093")]
+    pub listen: SocketAddr,
+
+    /// Also serve the API on this Unix socket (mode 0600).
+    #[arg(long, env = "RUNTIMED_UNIX_SOCKET")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// Prometheus `/metrics` address, or "off".
+    #[arg(long, env = "RUNTIMED_METRICS_LISTEN", default_value = "127.0.0.1:9094")]
+    pub metrics_listen: String,
+
+    /// Directory for spools and (by default) the workspace and local sockets.
+    #[arg(long, env = "RUNTIMED_DATA_DIR", default_value = "/var/lib/kruntimes")]
+    pub data_dir: PathBuf,
+
+    /// Workspace root shared with the Runtime Servers [default: DATA_DIR/workspace].
+    #[arg(long, env = "RUNTIMED_WORKSPACE")]
+    pub workspace: Option<PathBuf>,
+
+    /// Maximum Runs executing at once; more fail fast with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RUNTIMED_MAX_RUNS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_runs: u32,
+
+    /// External Runtime Servers as NAME=ADDRESS (unix:/path.sock or host:port);
+    /// repeatable. Without any, runtimed runs in local mode and starts the
+    /// built-in bash and python servers itself.
+    #[arg(long = "runtime", env = "RUNTIMED_RUNTIMES", value_delimiter = ',')]
+    pub runtimes: Vec<String>,
+
+    /// bash Runtime Server binary for local mode [default: next to runtimed, else PATH].
+    #[arg(long, env = "RUNTIMED_BASH_SERVER")]
+    pub bash_server: Option<PathBuf>,
+
+    /// Python interpreter that has the `kruntimes_runtime` package, for local mode.
+    #[arg(long, env = "KRUNTIMES_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+
+    /// Modules the warm python interpreter imports before forking Runs (comma-separated).
+    #[arg(long, env = "KRUNTIMES_PYTHON_PRELOAD")]
+    pub python_preload: Option<String>,
+
+    /// Only start these built-in runtimes in local mode (comma-separated).
+    #[arg(long, env = "RUNTIMED_LOCAL_RUNTIMES", value_delimiter = ',', default_value = "bash,python")]
+    pub local_runtimes: Vec<String>,
+
+    /// Default grace period between SIGTERM and SIGKILL, in milliseconds.
+    #[arg(long, env = "RUNTIMED_GRACE_PERIOD_MS", default_value_t = 10_000)]
+    pub grace_period_ms: u64,
+
+    #[arg(long, env = "RUNTIMED_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn workspace(&self) -> PathBuf {
+        self.workspace
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("workspace"))
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.data_dir.join("sockets")
+    }
+
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.metrics_listen == "off" {
+            return Ok(None);
+        }
+        self.metrics_listen.parse().map(Some).map_err(|e| {
+            format!(
+                "--metrics-listen {:?} must be host:port or \"off\": {e}",
+                self.metrics_listen
+            )
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! Reads a Run's spool from an offset and hands the output to a gRPC response
+//! stream, optionally following until the Run ends. Shared by Execute and Logs.
+
+use crate::error::Error;
+use crate::run::Run;
+use crate::spool::{Chunk, StreamKind};
+use kruntimes_proto::runtimed::v1 as pb;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// Largest Output message: big enough to amortise per-message cost, small
+/// enough to keep latency and memory per follower low.
+pub const MAX_CHUNK: usize = 256 * 1024;
+
+pub enum Followed {
+    /// Everything up to the end of a finished Run's log was sent.
+    Complete,
+    /// Not following, and everything spooled so far was sent.
+    CaughtUp,
+}
+
+pub fn to_output(c: Chunk) -> pb::Output {
+    pb::Output {
+        stream: match c.stream {
+            StreamKind::Stdout => pb::Stream::Stdout,
+            StreamKind::Stderr => pb::Stream::Stderr,
+        }
+        .into(),
+        offset: c.offset,
+        data: c.data,
+    }
+}
+
+/// Sends output from `offset` to `tx`, each message wrapped by `wrap`.
+/// Returns `None` when the receiver went away (client disconnected).
+pub async fn pump<T>(
+    run: &Run,
+    mut offset: u64,
+    follow: bool,
+    only: Option<StreamKind>,
+    tx: &mpsc::Sender<Result<T, Status>>,
+    wrap: impl Fn(pb::Output) -> T,
+) -> Option<Followed> {
+    let mut progress = run.spool.subscribe();
+    loop {
+        let p = *progress.borrow_and_update();
+        if offset > p.len && p.closed {
+            let e = Error::OffsetOutOfRange {
+                id: run.id.clone(),
+                offset,
+                length: p.len,
+            };
+            let _ = tx.send(Err(e.into())).await;
+            return None;
+        }
+        while offset < p.len {
+            match run.spool.read(offset, MAX_CHUNK, only) {
+                Ok((chunk, next)) => {
+                    if let Some(c) = chunk {
+                        tx.send(Ok(wrap(to_output(c)))).await.ok()?;
+                    }
+                    offset = next;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Error::Spool(e).into())).await;
+                    return None;
+                }
+            }
+        }
+        if p.closed {
+            return Some(Followed::Complete);
+        }
+        if !follow {
+            return Some(Followed::CaughtUp);
+        }
+        tokio::select! {
+            r = progress.changed() => if r.is_err() { return Some(Followed::Complete) },
+            _ = tx.closed() => return None,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Wires runtimed together: directories, Runtime Servers (external or
+//! supervised built-ins), the gRPC API with health and reflection on loopback
+//! TCP and an optional Unix socket, metrics, and graceful shutdown.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::runtime_server::{Address, RuntimeServer};
+use crate::service::{Service, State};
+use crate::supervisor::{ServerCommand, supervise};
+use kruntimes_proto::runtimed::v1::runtimed_server::RuntimedServer;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, watch};
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The bash server binary: flag, else next to this executable, else PATH.
+fn bash_server_program(cfg: &Config) -> PathBuf {
+    if let Some(p) = &cfg.bash_server {
+        return p.clone();
+    }
+    const NAME: &str = "kruntimes-bash-runtime";
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let sibling = dir.join(NAME);
+        if sibling.is_file() {
+            return sibling;
+        }
+    }
+    PathBuf::from(NAME)
+}
+
+fn local_command(cfg: &Config, runtime: &str, socket: &Path) -> Result<ServerCommand, BoxError> {
+    let listen = OsString::from(format!("unix:{}", socket.display()));
+    let workspace = cfg.workspace().into_os_string();
+    let mut args: Vec<OsString>;
+    let program = match runtime {
+        "bash" => {
+            args = vec![];
+            bash_server_program(cfg)
+        }
+        "python" => {
+            args = vec!["-m".into(), "kruntimes_runtime".into()];
+            if let Some(p) = &cfg.python_preload {
+                args.push("--preload".into());
+                args.push(p.into());
+            }
+            cfg.python.clone()
+        }
+        other => {
+            return Err(format!(
+                "--local-runtimes names {other:?}; the built-in runtimes are bash and python"
+            )
+            .into());
+        }
+    };
+    args.extend(["--listen".into(), listen, "--workspace".into(), workspace]);
+    Ok(ServerCommand {
+        program,
+        args,
+        socket: socket.to_path_buf(),
+    })
+}
+
+/// Runs runtimed until SIGTERM or SIGINT.
+pub async fn serve(cfg: Config) -> Result<(), BoxError> {
+    let workspace = cfg.workspace();
+    for dir in [&cfg.data_dir, &cfg.spool_dir(), &workspace] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+    }
+    let metrics_addr = cfg.metrics_addr()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut runtimes = BTreeMap::new();
+    let supervised = cfg.runtimes.is_empty();
+    if supervised {
+        let sockets = cfg.socket_dir();
+        std::fs::create_dir_all(&sockets)?;
+        std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))?;
+        for name in &cfg.local_runtimes {
+            let socket = sockets.join(format!("{name}.sock"));
+            let cmd = local_command(&cfg, name, &socket)?;
+            let server = Arc::new(RuntimeServer::new(name.clone(), Address::Unix(socket))?);
+            tokio::spawn(supervise(server.clone(), cmd, shutdown_rx.clone()));
+            runtimes.insert(name.clone(), server);
+        }
+    } else {
+        for spec in &cfg.runtimes {
+            let (name, addr) = spec.split_once('=').ok_or_else(|| {
+                format!("--runtime {spec:?} must be NAME=ADDRESS (e.g. bash=unix:/run/kruntimes/bash.sock)")
+            })?;
+            crate::validate::run_id("--runtime name", name).map_err(|e| e.to_string())?;
+            let address = Address::parse(addr).map_err(|e| format!("--runtime {name}: {e}"))?;
+            let server = Arc::new(RuntimeServer::new(name.to_string(), address)?);
+            let probe = server.clone();
+            tokio::spawn(async move { probe.probe_forever().await });
+            runtimes.insert(name.to_string(), server);
+        }
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = metrics_addr {
+        let m = metrics.clone();
+        let listener_check = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        drop(listener_check);
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+
+    let state = Arc::new(State {
+        runs: Default::default(),
+        runtimes,
+        supervised,
+        permits: Arc::new(Semaphore::new(cfg.max_runs as usize)),
+        max_runs: cfg.max_runs,
+        metrics,
+        spool_dir: cfg.spool_dir(),
+        grace_period_ms: cfg.grace_period_ms,
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<RuntimedServer<Service>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kruntimes_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let api = RuntimedServer::new(Service(state))
+        .max_decoding_message_size(crate::runtime_server::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::runtime_server::MAX_MESSAGE_BYTES);
+    let routes = Routes::new(api)
+        .add_service(health_service)
+        .add_service(reflection)
+        .prepare();
+
+    let builder = || {
+        Server::builder()
+            .tcp_nodelay(true)
+            // Large windows: output streams are bulk transfers.
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(8 << 20)
+            .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+    };
+
+    let tcp = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    tracing::info!(addr = %tcp.local_addr()?, "runtimed API listening");
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let routes = routes.clone();
+        let mut rx = shutdown_rx.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+        tasks.spawn(async move {
+            builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    if let Some(path) = &cfg.unix_socket {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        tracing::info!(path = %path.display(), "runtimed API listening on unix socket");
+        let mut rx = shutdown_rx.clone();
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        tasks.spawn(async move {
+            builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        Some(r) = tasks.join_next() => {
+            let _ = shutdown_tx.send(true);
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    // Servers stop accepting; supervisors stop their Runtime Servers.
+    let deadline = tokio::time::sleep(std::time::Duration::from_secs(15));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => if r.is_none() { break },
+            _ = &mut deadline => break,
+        }
+    }
+    if let Some(path) = &cfg.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}

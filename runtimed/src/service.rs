@@ -1,0 +1,324 @@
+//! The runtimed gRPC API (`kruntimes.runtimed.v1.Runtimed`).
+
+use crate::attempt::Attempt;
+use crate::error::{Error, Result};
+use crate::follow::{Followed, pump};
+use crate::run::{Phase, Run};
+use crate::runtime_server::RuntimeServer;
+use crate::spool::{Spool, StreamKind};
+use crate::validate;
+use kruntimes_proto::runtime::v1 as rpb;
+use kruntimes_proto::runtimed::v1 as pb;
+use kruntimes_proto::time::from_timestamp;
+use pb::runtimed_server::Runtimed;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// Response-stream buffer per client, in messages (each up to 256 KiB).
+const STREAM_BUFFER: usize = 8;
+
+pub struct State {
+    pub runs: crate::run::Registry,
+    pub runtimes: BTreeMap<String, Arc<RuntimeServer>>,
+    pub supervised: bool,
+    pub permits: Arc<Semaphore>,
+    pub max_runs: u32,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub spool_dir: PathBuf,
+    pub grace_period_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Service(pub Arc<State>);
+
+fn program(req: &pb::ExecuteRequest, env_bytes: usize) -> Result<rpb::start_request::Program> {
+    match &req.program {
+        Some(pb::execute_request::Program::Command(c)) => {
+            if c.argv.is_empty() || c.argv[0].is_empty() {
+                return Err(Error::InvalidArgument(
+                    "command.argv is empty: give a program to run, or a script".into(),
+                ));
+            }
+            validate::args("command.argv", &c.argv, env_bytes)?;
+            Ok(rpb::start_request::Program::Command(rpb::Command {
+                argv: c.argv.clone(),
+            }))
+        }
+        Some(pb::execute_request::Program::Script(s)) => {
+            if s.source.len() > validate::MAX_SCRIPT_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "script.source is {} bytes; the limit is {} bytes",
+                    s.source.len(),
+                    validate::MAX_SCRIPT_BYTES
+                )));
+            }
+            validate::args("script.args", &s.args, env_bytes + s.source.len())?;
+            if !s.filename.is_empty() {
+                validate::file_name("script.filename", &s.filename)?;
+            }
+            Ok(rpb::start_request::Program::Script(rpb::Script {
+                source: s.source.clone(),
+                args: s.args.clone(),
+                filename: s.filename.clone(),
+            }))
+        }
+        None => Err(Error::InvalidArgument(
+            "neither command.argv nor script is set: give a program to run".into(),
+        )),
+    }
+}
+
+fn stream_filter(s: i32) -> Result<Option<StreamKind>> {
+    match pb::Stream::try_from(s) {
+        Ok(pb::Stream::Unspecified) => Ok(None),
+        Ok(pb::Stream::Stdout) => Ok(Some(StreamKind::Stdout)),
+        Ok(pb::Stream::Stderr) => Ok(Some(StreamKind::Stderr)),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "stream {s} is not one of STDOUT (1) or STDERR (2)"
+        ))),
+    }
+}
+
+impl State {
+    fn runtime(&self, name: &str) -> Result<Arc<RuntimeServer>> {
+        self.runtimes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownRuntime {
+                name: name.to_string(),
+                known: self.runtimes.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// Validates, admits and starts a Run; returns it once its process exists.
+    pub async fn start(&self, req: &pb::ExecuteRequest) -> Result<Arc<Run>> {
+        let id = if req.run_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            validate::run_id("run_id", &req.run_id)?;
+            req.run_id.clone()
+        };
+        let env_bytes = validate::env(&req.env)?;
+        let program = program(req, env_bytes)?;
+        validate::relative_path("working_dir", &req.working_dir)?;
+        let server = self.runtime(&req.runtime)?;
+        let health = server.health();
+        if !health.ready {
+            return Err(Error::RuntimeNotReady {
+                runtime: server.name.clone(),
+                reason: health.reason,
+            });
+        }
+        if let Some(phase) = self.runs.contains(&id) {
+            return Err(Error::RunExists {
+                id,
+                phase: phase.as_str().into(),
+            });
+        }
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManyRuns {
+                limit: self.max_runs as usize,
+            })?;
+        let spool = Spool::create(&self.spool_dir, &id).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::RunExists {
+                    id: id.clone(),
+                    phase: "unknown".into(),
+                }
+            } else {
+                Error::Spool(e)
+            }
+        })?;
+        let run = Arc::new(Run::new(id.clone(), server.name.clone(), spool));
+        if let Err(e) = self.runs.insert(run.clone()) {
+            return Err(e);
+        }
+        let grace = if req.grace_period_ms == 0 {
+            self.grace_period_ms
+        } else {
+            req.grace_period_ms
+        };
+        let start = rpb::StartRequest {
+            execution_id: id.clone(),
+            program: Some(program),
+            env: req.env.clone(),
+            working_dir: req.working_dir.clone(),
+            timeout_ms: req.timeout_ms,
+            grace_period_ms: grace,
+        };
+        let mut client = server.client();
+        let started = match client.start(start).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let e = Error::RuntimeServer {
+                    runtime: server.name.clone(),
+                    status,
+                };
+                run.finish(Phase::Failed, None, None, e.to_string());
+                return Err(e);
+            }
+        };
+        let started_at = started
+            .started_at
+            .as_ref()
+            .map(from_timestamp)
+            .unwrap_or_else(SystemTime::now);
+        run.mark_running(started.pid, started_at);
+        self.metrics
+            .runs_started
+            .get_or_create(&crate::metrics::RuntimeLabels {
+                runtime: server.name.clone(),
+            })
+            .inc();
+        self.metrics.runs_active.inc();
+        tracing::info!(run = %id, runtime = %server.name, pid = started.pid, "run started");
+        let attempt = Attempt {
+            run: run.clone(),
+            server: server.clone(),
+            metrics: self.metrics.clone(),
+            generation: health.generation,
+            supervised: self.supervised,
+            timeout_ms: req.timeout_ms,
+            permit,
+        };
+        let span = tracing::info_span!("run", run = %id, runtime = %server.name);
+        tokio::spawn(attempt.drive().instrument(span));
+        Ok(run)
+    }
+}
+
+type EventStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl Runtimed for Service {
+    type ExecuteStream = EventStream<pb::RunEvent>;
+    type LogsStream = EventStream<pb::LogsResponse>;
+
+    async fn execute(
+        &self,
+        request: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let req = request.into_inner();
+        let run = self.0.start(&req).await?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        use pb::run_event::Event;
+        let event = |e: Event| pb::RunEvent { event: Some(e) };
+        let accepted = event(Event::Accepted(pb::Accepted {
+            run: Some(run.to_proto()),
+        }));
+        let detach = req.detach;
+        tokio::spawn(async move {
+            if tx.send(Ok(accepted)).await.is_err() || detach {
+                return;
+            }
+            let st = run.state();
+            let started = event(Event::Started(pb::Started {
+                pid: st.pid,
+                started_at: st.started_at.map(kruntimes_proto::time::to_timestamp),
+            }));
+            if tx.send(Ok(started)).await.is_err() {
+                return;
+            }
+            let wrap = |o| event(Event::Output(o));
+            if let Some(Followed::Complete) = pump(&run, 0, true, None, &tx, wrap).await {
+                run.finished().await;
+                let exited = event(Event::Exited(pb::Exited {
+                    run: Some(run.to_proto()),
+                }));
+                let _ = tx.send(Ok(exited)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let req = request.into_inner();
+        let run = self.0.runs.get(&req.run_id)?;
+        let only = stream_filter(req.stream)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            use pb::logs_response::Event;
+            let wrap = |o| pb::LogsResponse {
+                event: Some(Event::Output(o)),
+            };
+            if let Some(Followed::Complete) = pump(&run, req.offset, req.follow, only, &tx, wrap).await {
+                run.finished().await;
+                let end = pb::LogsResponse {
+                    event: Some(Event::End(pb::LogEnd {
+                        run: Some(run.to_proto()),
+                    })),
+                };
+                let _ = tx.send(Ok(end)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Run>, Status> {
+        let run = self.0.runs.get(&request.into_inner().run_id)?;
+        Ok(Response::new(run.to_proto()))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let runs = self.0.runs.list().iter().map(|r| r.to_proto()).collect();
+        Ok(Response::new(pb::ListResponse { runs }))
+    }
+
+    async fn wait(&self, request: Request<pb::WaitRequest>) -> Result<Response<pb::Run>, Status> {
+        let req = request.into_inner();
+        let run = self.0.runs.get(&req.run_id)?;
+        if req.timeout_ms == 0 {
+            run.finished().await;
+        } else if tokio::time::timeout(Duration::from_millis(req.timeout_ms), run.finished())
+            .await
+            .is_err()
+        {
+            return Err(Error::WaitTimeout(req.timeout_ms).into());
+        }
+        Ok(Response::new(run.to_proto()))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let req = request.into_inner();
+        let run = self.0.runs.get(&req.run_id)?;
+        if !run.state().phase.is_terminal() {
+            let server = self.0.runtime(&run.runtime)?;
+            let grace = if req.grace_period_ms == 0 {
+                self.0.grace_period_ms
+            } else {
+                req.grace_period_ms
+            };
+            tracing::info!(run = %run.id, grace_ms = grace, "cancel requested");
+            server
+                .client()
+                .cancel(rpb::CancelRequest {
+                    execution_id: run.id.clone(),
+                    grace_period_ms: grace,
+                })
+                .await
+                .map_err(|status| Error::RuntimeServer {
+                    runtime: server.name.clone(),
+                    status,
+                })?;
+        }
+        Ok(Response::new(run.to_proto()))
+    }
+}

@@ -1,0 +1,180 @@
+//! Local mode: runtimed starts the built-in Runtime Servers itself, restarts
+//! them when they crash (with back-off) and stops them when it stops.
+
+use crate::runtime_server::RuntimeServer;
+use kruntimes_proto::runtime::v1 as rpb;
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// How to start one Runtime Server process.
+#[derive(Debug, Clone)]
+pub struct ServerCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub socket: PathBuf,
+}
+
+/// How long a fresh server may take to pass its handshake.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A server that stayed up this long restarts without accumulated back-off.
+const HEALTHY_RESET: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Time a server gets to exit after SIGTERM when runtimed stops.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s} ({})", signal_name(s)),
+        _ => "unknown status".into(),
+    }
+}
+
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// Runs the server until `shutdown` turns true.
+pub async fn supervise(
+    server: Arc<RuntimeServer>,
+    cmd: ServerCommand,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let _ = std::fs::remove_file(&cmd.socket);
+        let mut child = match Command::new(&cmd.program)
+            .args(&cmd.args)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!(
+                    "cannot start runtime server {:?} ({}): {e}",
+                    cmd.program.display(),
+                    server.name
+                );
+                tracing::error!(runtime = %server.name, "{reason}");
+                server.set_health(|h| {
+                    h.ready = false;
+                    h.reason = reason;
+                });
+                if sleep_or_shutdown(MAX_BACKOFF, &mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        tracing::info!(runtime = %server.name, pid, program = %cmd.program.display(), "started runtime server");
+        let started = Instant::now();
+
+        // Handshake until ready, while watching for an early exit.
+        let ready = async {
+            let mut pause = Duration::from_millis(5);
+            loop {
+                if let Ok(h) = server.handshake().await
+                    && h.ready
+                {
+                    return Ok(h);
+                }
+                if started.elapsed() > STARTUP_TIMEOUT {
+                    return Err(format!(
+                        "runtime server {} did not become ready within {}s",
+                        server.name,
+                        STARTUP_TIMEOUT.as_secs()
+                    ));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        };
+        let early = tokio::select! {
+            r = ready => Early::Handshake(r),
+            s = child.wait() => Early::Exited(s),
+            _ = stopping(&mut shutdown) => {
+                stop(&mut child).await;
+                return;
+            }
+        };
+        let status = match early {
+            Early::Handshake(Ok(h)) => {
+                tracing::info!(runtime = %server.name, pid, ms = started.elapsed().as_millis() as u64, "runtime server ready");
+                server.record_handshake(Ok(h), true);
+                tokio::select! {
+                    s = child.wait() => s,
+                    _ = stopping(&mut shutdown) => {
+                        stop(&mut child).await;
+                        return;
+                    }
+                }
+            }
+            Early::Handshake(Err(reason)) => {
+                tracing::error!(runtime = %server.name, "{reason}");
+                server.set_health(|h| {
+                    h.ready = false;
+                    h.reason = reason;
+                });
+                let _ = child.start_kill();
+                child.wait().await
+            }
+            Early::Exited(s) => s,
+        };
+        let how = match status {
+            Ok(s) => describe(s),
+            Err(e) => format!("unknown status ({e})"),
+        };
+        let reason = format!("runtime server {} (pid {pid}) exited with {how}", server.name);
+        tracing::error!(runtime = %server.name, "{reason}; restarting in {}ms", backoff.as_millis());
+        server.set_health(|h| {
+            h.ready = false;
+            h.reason = reason;
+        });
+        if started.elapsed() > HEALTHY_RESET {
+            backoff = Duration::from_millis(100);
+        }
+        if sleep_or_shutdown(backoff, &mut shutdown).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+enum Early {
+    Handshake(Result<rpb::HandshakeResponse, String>),
+    Exited(std::io::Result<ExitStatus>),
+}
+
+/// Resolves once runtimed is stopping.
+async fn stopping(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stopping(shutdown) => true,
+    }
+}
+
+/// SIGTERM, a bounded wait, then SIGKILL.
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
