@@ -1,1 +1,236 @@
-fn main() {}
+//! kruntimes-bash-runtime: the built-in bash Runtime Server. Serves
+//! `kruntimes.runtime.v1.RuntimeServer` and `grpc.health.v1` on a private Unix
+//! socket or a loopback TCP port; stops cleanly on SIGTERM/SIGINT, cancelling
+//! running executions with a bounded grace.
+mod attach;
+mod config;
+mod error;
+mod execution;
+mod executions;
+mod handshake;
+mod output;
+mod pump;
+mod reaper;
+mod service;
+mod spawn;
+mod supervisor;
+mod validate;
+mod workspace;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use kruntimes_proto::runtime::v1::runtime_server_server::RuntimeServerServer;
+use nix::sys::stat::{Mode, umask};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+
+use crate::config::{Config, ListenAddr};
+use crate::executions::{Executions, Limits};
+use crate::reaper::Reaper;
+use crate::service::Service;
+use crate::workspace::Workspace;
+
+/// Requests carry up to 1 MiB of script plus 1 MiB of argv/env; leave room so
+/// oversized input gets our clear error rather than a transport error.
+const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// How long in-flight RPCs get to finish after executions were stopped.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Listen(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let context = context.into();
+    move |source| ServeError::Io { context, source }
+}
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "bash runtime server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), ServeError> {
+    // First, before any child exists: become subreaper and start reaping.
+    let reaper = Reaper::install().map_err(io_err("installing the child reaper"))?;
+    let workspace = Workspace::open(&config.workspace).map_err(io_err(format!(
+        "opening workspace {}",
+        config.workspace.display()
+    )))?;
+    let bash = find_bash(config.bash.as_deref());
+    let limits = Limits {
+        max_running: usize::try_from(config.max_executions).unwrap_or(usize::MAX),
+        max_retained: usize::try_from(config.max_retained).unwrap_or(usize::MAX),
+        buffer_bytes: usize::try_from(config.buffer_bytes).unwrap_or(usize::MAX),
+    };
+    let execs = Arc::new(Executions::new(reaper, Arc::new(workspace), bash, limits));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RuntimeServerServer<Service>>().await;
+    let service = RuntimeServerServer::new(Service::new(Arc::clone(&execs)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(service);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    let mut socket_path = None;
+    let mut server = match &config.listen {
+        ListenAddr::Unix(path) => {
+            let listener = bind_unix(path)?;
+            socket_path = Some(path.clone());
+            tracing::info!(socket = %path.display(), workspace = %execs.workspace().root().display(), "serving");
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop),
+            )
+        }
+        ListenAddr::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(io_err(format!("binding {addr}")))?;
+            let local = listener
+                .local_addr()
+                .map_err(io_err("reading the bound address"))?;
+            tracing::info!(address = %local, workspace = %execs.workspace().root().display(), "serving");
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
+            )
+        }
+    };
+
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
+    let early = tokio::select! {
+        _ = sigterm.recv() => None,
+        _ = sigint.recv() => None,
+        r = &mut server => Some(r),
+    };
+    if let Some(r) = early {
+        remove_socket(socket_path.as_deref());
+        return match r {
+            Ok(r) => r.map_err(ServeError::from),
+            Err(e) => Err(ServeError::Listen(format!("server task failed: {e}"))),
+        };
+    }
+
+    tracing::info!("stop requested");
+    health
+        .set_not_serving::<RuntimeServerServer<Service>>()
+        .await;
+    execs
+        .shutdown(Duration::from_millis(config.shutdown_grace_ms))
+        .await;
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(SERVER_STOP_TIMEOUT, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("open RPCs did not finish in {SERVER_STOP_TIMEOUT:?}; stopping anyway");
+        server.abort();
+    }
+    remove_socket(socket_path.as_deref());
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// bash for Scripts: the configured path, else `bash` on the server's PATH.
+/// A missing bash is not fatal: Handshake reports not ready and says why.
+fn find_bash(configured: Option<&Path>) -> PathBuf {
+    if let Some(p) = configured {
+        return p.to_path_buf();
+    }
+    let path = std::env::var_os("PATH");
+    match spawn::resolve_program("bash", path.as_deref(), Path::new("/")) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "bash not found; Scripts cannot run");
+            PathBuf::from("bash")
+        }
+    }
+}
+
+/// Binds a Unix socket readable only by this user, replacing a stale socket
+/// file but never a live socket or another kind of file.
+fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(ServeError::Listen(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::Listen(format!(
+                "another server is listening on {}",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(io_err(format!("removing stale socket {}", path.display())))?;
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(io_err(format!("creating {}", parent.display())))?;
+    }
+    // The umask makes the socket 0600 from birth, with no window where it is
+    // open to others; nothing else creates files at this point of startup.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    let listener = bound.map_err(io_err(format!("binding {}", path.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("setting mode 0600 on {}", path.display())))?;
+    Ok(listener)
+}
+
+fn remove_socket(path: Option<&Path>) {
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+}

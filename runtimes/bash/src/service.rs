@@ -1,0 +1,94 @@
+//! The gRPC service `kruntimes.runtime.v1.RuntimeServer`: thin handlers over
+//! [`Executions`]; errors become statuses through `From<RuntimeError>`.
+use std::sync::Arc;
+
+use kruntimes_proto::runtime::v1::runtime_server_server::RuntimeServer;
+use kruntimes_proto::runtime::v1::{
+    AttachRequest, CancelRequest, CancelResponse, ExecutionEvent, ExecutionStatus, ForgetRequest,
+    ForgetResponse, HandshakeRequest, HandshakeResponse, ListRequest, ListResponse, StartRequest,
+    StartResponse, StatusRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::attach::{self, CHANNEL_DEPTH};
+use crate::executions::Executions;
+use crate::handshake::handshake;
+
+pub struct Service {
+    execs: Arc<Executions>,
+}
+
+impl Service {
+    pub fn new(execs: Arc<Executions>) -> Self {
+        Self { execs }
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeServer for Service {
+    async fn handshake(
+        &self,
+        _req: Request<HandshakeRequest>,
+    ) -> Result<Response<HandshakeResponse>, Status> {
+        Ok(Response::new(handshake(&self.execs).await))
+    }
+
+    async fn start(&self, req: Request<StartRequest>) -> Result<Response<StartResponse>, Status> {
+        let req = req.into_inner();
+        let id = req.execution_id.clone();
+        match self.execs.start(req) {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => {
+                tracing::info!(%id, error = %e, "start rejected");
+                Err(e.into())
+            }
+        }
+    }
+
+    type AttachStream = ReceiverStream<Result<ExecutionEvent, Status>>;
+
+    async fn attach(
+        &self,
+        req: Request<AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let req = req.into_inner();
+        let exec = self.execs.get(&req.execution_id)?;
+        let generation = exec.attach(req.stdout_offset, req.stderr_offset)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        tokio::spawn(attach::stream(exec, generation, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let req = req.into_inner();
+        self.execs.cancel(&req.execution_id, req.grace_period_ms)?;
+        Ok(Response::new(CancelResponse {}))
+    }
+
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<ExecutionStatus>, Status> {
+        let exec = self.execs.get(&req.into_inner().execution_id)?;
+        Ok(Response::new(exec.status()))
+    }
+
+    async fn list(&self, _req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        Ok(Response::new(ListResponse {
+            executions: self.execs.list(),
+        }))
+    }
+
+    async fn forget(
+        &self,
+        req: Request<ForgetRequest>,
+    ) -> Result<Response<ForgetResponse>, Status> {
+        self.execs.forget(&req.into_inner().execution_id)?;
+        Ok(Response::new(ForgetResponse {}))
+    }
+}
