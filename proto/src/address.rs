@@ -17,7 +17,10 @@ pub enum Address {
 impl Address {
     /// `unix:/path`, `unix:///path`, or `host:port` (an optional `http://` is accepted).
     pub fn parse(s: &str) -> Result<Address, String> {
-        if let Some(p) = s.strip_prefix("unix://").or_else(|| s.strip_prefix("unix:")) {
+        if let Some(p) = s
+            .strip_prefix("unix://")
+            .or_else(|| s.strip_prefix("unix:"))
+        {
             if !p.starts_with('/') {
                 return Err(format!("unix socket path {p:?} must be absolute"));
             }
@@ -71,9 +74,18 @@ mod tests {
 
     #[test]
     fn parse_addresses() {
-        assert_eq!(Address::parse("unix:/a/b.sock").unwrap(), Address::Unix("/a/b.sock".into()));
-        assert_eq!(Address::parse("unix:///a/b.sock").unwrap(), Address::Unix("/a/b.sock".into()));
-        assert_eq!(Address::parse("127.0.0.1:80").unwrap(), Address::Tcp("127.0.0.1:80".into()));
+        assert_eq!(
+            Address::parse("unix:/a/b.sock").unwrap(),
+            Address::Unix("/a/b.sock".into())
+        );
+        assert_eq!(
+            Address::parse("unix:///a/b.sock").unwrap(),
+            Address::Unix("/a/b.sock".into())
+        );
+        assert_eq!(
+            Address::parse("127.0.0.1:80").unwrap(),
+            Address::Tcp("127.0.0.1:80".into())
+        );
         assert!(Address::parse("unix:rel.sock").is_err());
         assert!(Address::parse("nohostport").is_err());
     }

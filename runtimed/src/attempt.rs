@@ -56,7 +56,8 @@ pub fn outcome(e: &rpb::Exit, timeout_ms: u64) -> (Phase, Option<i32>, Option<i3
     } else {
         (Phase::Failed, how)
     };
-    if !e.message.is_empty() {
+    // The server's note only when it adds something to what we already say.
+    if !e.message.is_empty() && !msg.contains(e.message.as_str()) {
         msg.push_str(": ");
         msg.push_str(&e.message);
     }
@@ -138,7 +139,11 @@ impl Attempt {
                                 Some(rpb::execution_event::Event::Exited(e)) => return Ok(e),
                                 None => {}
                             },
-                            Ok(None) => break tonic::Status::unavailable("attach stream ended before the exit"),
+                            Ok(None) => {
+                                break tonic::Status::unavailable(
+                                    "attach stream ended before the exit",
+                                );
+                            }
                             Err(s) => break s,
                         }
                     }

@@ -10,7 +10,11 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "runtimed", version, about = "The kruntimes sidecar: runs Runs, spools their logs, serves the runtimed gRPC API")]
+#[command(
+    name = "runtimed",
+    version,
+    about = "The kruntimes sidecar: runs Runs, spools their logs, serves the runtimed gRPC API"
+)]
 pub struct Config {
     /// gRPC API address. Loopback by default: reach it through port-forward.
     #[arg(long, env = "RUNTIMED_LISTEN", default_value = "127.0.0.1:9093")]
@@ -21,7 +25,11 @@ pub struct Config {
     pub unix_socket: Option<PathBuf>,
 
     /// Prometheus `/metrics` address, or "off".
-    #[arg(long, env = "RUNTIMED_METRICS_LISTEN", default_value = "127.0.0.1:9094")]
+    #[arg(
+        long,
+        env = "RUNTIMED_METRICS_LISTEN",
+        default_value = "127.0.0.1:9094"
+    )]
     pub metrics_listen: String,
 
     /// Directory for spools and (by default) the workspace and local sockets.
@@ -55,7 +63,12 @@ pub struct Config {
     pub python_preload: Option<String>,
 
     /// Only start these built-in runtimes in local mode (comma-separated).
-    #[arg(long, env = "RUNTIMED_LOCAL_RUNTIMES", value_delimiter = ',', default_value = "bash,python")]
+    #[arg(
+        long,
+        env = "RUNTIMED_LOCAL_RUNTIMES",
+        value_delimiter = ',',
+        default_value = "bash,python"
+    )]
     pub local_runtimes: Vec<String>,
 
     /// Default grace period between SIGTERM and SIGKILL, in milliseconds.

@@ -25,7 +25,11 @@ pub enum Error {
     #[error("timed out after {0} ms waiting for the run to finish")]
     WaitTimeout(u64),
     #[error("log offset {offset} is past the end of run {id:?}'s log ({length} bytes)")]
-    OffsetOutOfRange { id: String, offset: u64, length: u64 },
+    OffsetOutOfRange {
+        id: String,
+        offset: u64,
+        length: u64,
+    },
     #[error("spool: {0}")]
     Spool(#[from] std::io::Error),
 }

@@ -6,7 +6,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,7 +39,11 @@ impl Default for Metrics {
             ))
         });
         let runs_active = Gauge::default();
-        registry.register("runs_started", "Runs started, by runtime", runs_started.clone());
+        registry.register(
+            "runs_started",
+            "Runs started, by runtime",
+            runs_started.clone(),
+        );
         registry.register(
             "runs_finished",
             "Runs finished, by runtime and result phase",
@@ -72,8 +75,11 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves `GET /metrics` on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     use axum::http::header::CONTENT_TYPE;
     let app = axum::Router::new().route(
         "/metrics",
@@ -81,13 +87,15 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
             let m = metrics.clone();
             async move {
                 (
-                    [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     m.encode(),
                 )
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint listening");
+    tracing::info!(addr = %listener.local_addr()?, "metrics endpoint listening");
     axum::serve(listener, app).await
 }

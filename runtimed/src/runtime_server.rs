@@ -2,12 +2,12 @@
 //! runtimed knows of its health. Local-mode servers are kept healthy by the
 //! supervisor; external ones are probed with the readiness handshake.
 
+pub use kruntimes_proto::address::Address;
 use kruntimes_proto::runtime::v1 as rpb;
 use rpb::runtime_server_client::RuntimeServerClient;
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::Channel;
-pub use kruntimes_proto::address::Address;
 
 /// Messages up to this size; chunks are at most 256 KiB, so this is headroom.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -79,7 +79,10 @@ impl RuntimeServer {
             protocol_version: rpb::ProtocolVersion::V1.into(),
         };
         match tokio::time::timeout(Duration::from_secs(5), client.handshake(req)).await {
-            Err(_) => Err(format!("runtime server at {} did not answer the handshake within 5s", self.address)),
+            Err(_) => Err(format!(
+                "runtime server at {} did not answer the handshake within 5s",
+                self.address
+            )),
             Ok(Err(s)) => Err(format!(
                 "runtime server at {} is not reachable: {}",
                 self.address,
@@ -90,7 +93,11 @@ impl RuntimeServer {
     }
 
     /// Applies a handshake result to the health state.
-    pub fn record_handshake(&self, result: Result<rpb::HandshakeResponse, String>, new_generation: bool) {
+    pub fn record_handshake(
+        &self,
+        result: Result<rpb::HandshakeResponse, String>,
+        new_generation: bool,
+    ) {
         self.set_health(|h| {
             match result {
                 Ok(r) if r.ready => {
@@ -100,7 +107,10 @@ impl RuntimeServer {
                 }
                 Ok(r) => {
                     h.ready = false;
-                    h.reason = format!("runtime server at {} says it is not ready: {}", self.address, r.message);
+                    h.reason = format!(
+                        "runtime server at {} says it is not ready: {}",
+                        self.address, r.message
+                    );
                 }
                 Err(e) => {
                     h.ready = false;
@@ -122,9 +132,15 @@ impl RuntimeServer {
             let was_ready = self.health().ready;
             if ok != was_ready {
                 match &r {
-                    Ok(_) if ok => tracing::info!(runtime = %self.name, address = %self.address, "runtime server ready"),
-                    Ok(h) => tracing::warn!(runtime = %self.name, message = %h.message, "runtime server not ready"),
-                    Err(e) => tracing::warn!(runtime = %self.name, error = %e, "runtime server unreachable"),
+                    Ok(_) if ok => {
+                        tracing::info!(runtime = %self.name, address = %self.address, "runtime server ready")
+                    }
+                    Ok(h) => {
+                        tracing::warn!(runtime = %self.name, message = %h.message, "runtime server not ready")
+                    }
+                    Err(e) => {
+                        tracing::warn!(runtime = %self.name, error = %e, "runtime server unreachable")
+                    }
                 }
             }
             self.record_handshake(r, false);

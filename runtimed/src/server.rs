@@ -108,11 +108,11 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = metrics_addr {
         let m = metrics.clone();
-        let listener_check = std::net::TcpListener::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
             .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
-        drop(listener_check);
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m).await {
+            if let Err(e) = crate::metrics::serve(listener, m).await {
                 tracing::error!(error = %e, "metrics endpoint stopped");
             }
         });
@@ -133,6 +133,26 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     health_reporter
         .set_serving::<RuntimedServer<Service>>()
         .await;
+    // Per-runtime readiness as gRPC health services named `runtime/<name>`,
+    // so probes and `krt local` can wait for a specific runtime.
+    for (name, server) in &state.runtimes {
+        let reporter = health_reporter.clone();
+        let service = format!("runtime/{name}");
+        let mut health = server.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let status = if health.borrow_and_update().ready {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status(&service, status).await;
+                if health.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kruntimes_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -253,7 +253,9 @@ impl Runtimed for Service {
             let wrap = |o| pb::LogsResponse {
                 event: Some(Event::Output(o)),
             };
-            if let Some(Followed::Complete) = pump(&run, req.offset, req.follow, only, &tx, wrap).await {
+            if let Some(Followed::Complete) =
+                pump(&run, req.offset, req.follow, only, &tx, wrap).await
+            {
                 run.finished().await;
                 let end = pb::LogsResponse {
                     event: Some(Event::End(pb::LogEnd {

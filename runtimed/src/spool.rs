@@ -299,11 +299,17 @@ mod tests {
         assert_eq!(c.unwrap().data, b"lo w");
         let (c, next) = s.read(0, 1 << 20, Some(StreamKind::Stderr)).unwrap();
         let c = c.unwrap();
-        assert_eq!((c.offset, c.data.as_slice(), next), (12, &b"oops\n"[..], 17));
+        assert_eq!(
+            (c.offset, c.data.as_slice(), next),
+            (12, &b"oops\n"[..], 17)
+        );
         let (c, next) = s.read(17, 1 << 20, Some(StreamKind::Stderr)).unwrap();
         assert!(c.is_none());
         assert_eq!(next, 21);
         assert_eq!(std::fs::read(dir.path().join("r1.log")).unwrap().len(), 21);
-        assert_eq!(std::fs::read(dir.path().join("r1.idx")).unwrap().len(), 4 * 32);
+        assert_eq!(
+            std::fs::read(dir.path().join("r1.idx")).unwrap().len(),
+            4 * 32
+        );
     }
 }

@@ -81,7 +81,6 @@ pub async fn supervise(
 
         // Handshake until ready, while watching for an early exit.
         let ready = async {
-            let mut pause = Duration::from_millis(5);
             loop {
                 if let Ok(h) = server.handshake().await
                     && h.ready
@@ -95,8 +94,13 @@ pub async fn supervise(
                         STARTUP_TIMEOUT.as_secs()
                     ));
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
+                // Poll briskly at first: start-up latency is what a local Run waits on.
+                let pause = if started.elapsed() < Duration::from_secs(2) {
+                    5
+                } else {
+                    200
+                };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         };
         let early = tokio::select! {
@@ -134,7 +138,10 @@ pub async fn supervise(
             Ok(s) => describe(s),
             Err(e) => format!("unknown status ({e})"),
         };
-        let reason = format!("runtime server {} (pid {pid}) exited with {how}", server.name);
+        let reason = format!(
+            "runtime server {} (pid {pid}) exited with {how}",
+            server.name
+        );
         tracing::error!(runtime = %server.name, "{reason}; restarting in {}ms", backoff.as_millis());
         server.set_health(|h| {
             h.ready = false;

@@ -167,9 +167,19 @@ mod tests {
     #[test]
     fn arg_bounds() {
         let many = vec!["a".to_string(); MAX_ARGS + 1];
-        assert!(args("argv", &many, 0).unwrap_err().to_string().contains("4096"));
+        assert!(
+            args("argv", &many, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("4096")
+        );
         let big = vec!["a".repeat(MAX_ARG_BYTES)];
-        assert!(args("argv", &big, 0).unwrap_err().to_string().contains("bytes"));
+        assert!(
+            args("argv", &big, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("bytes")
+        );
     }
 
     #[test]
