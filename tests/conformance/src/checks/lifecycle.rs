@@ -1,0 +1,136 @@
+//! Execution lifecycle: ids, Status, List, Forget.
+use kruntimes_proto::runtime::v1::{
+    CancelRequest, ExecutionState, ForgetRequest, ListRequest, StatusRequest,
+};
+use tonic::Code;
+
+use crate::client::{Ended, attach_raw, collect, ended, expect_error, run, sh, start, unique_id};
+use crate::{Failure, ServerUnderTest, ensure};
+
+/// While running: Status says RUNNING with the pid Start returned, List
+/// includes it, a second Start with the same id fails ALREADY_EXISTS and
+/// Forget fails FAILED_PRECONDITION. After the exit: Status says EXITED with
+/// the exit and final lengths, Forget succeeds, and afterwards Status,
+/// Attach, Cancel and Forget of that id fail NOT_FOUND and the id can be
+/// used again.
+pub async fn lifecycle(s: &ServerUnderTest) -> Result<(), Failure> {
+    let mut c = s.client();
+    let id = unique_id("life");
+    let gate = s.scratch().join(format!("{id}.gate"));
+    let script = format!(
+        "echo hello; while [ ! -e '{}' ]; do sleep 0.05; done",
+        gate.display()
+    );
+    let started = start(&mut c, sh(&id, &script)).await?;
+
+    let st = super::status(&mut c, &id).await?;
+    ensure!(
+        st.execution_id == id,
+        "Status execution_id {:?}",
+        st.execution_id
+    );
+    ensure!(
+        st.state == ExecutionState::Running as i32,
+        "{id}: Status state {} while running",
+        st.state
+    );
+    ensure!(
+        st.pid == started.pid,
+        "{id}: Status pid {} but Start returned {}",
+        st.pid,
+        started.pid
+    );
+    ensure!(
+        st.started_at.is_some() && st.exit.is_none(),
+        "{id}: Status while running: {st:?}"
+    );
+    let list = c
+        .list(ListRequest {})
+        .await
+        .map_err(Failure::rpc("List"))?
+        .into_inner();
+    ensure!(
+        list.executions.iter().any(|e| e.execution_id == id),
+        "{id}: missing from List"
+    );
+
+    expect_error(
+        "second Start with a running id",
+        c.start(sh(&id, "true")).await,
+        Code::AlreadyExists,
+        &[],
+    )?;
+    expect_error(
+        "Forget of a running execution",
+        c.forget(ForgetRequest {
+            execution_id: id.clone(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        &[],
+    )?;
+
+    std::fs::write(&gate, b"").map_err(|e| Failure::Setup(format!("{}: {e}", gate.display())))?;
+    let out = collect(&mut c, &id).await?;
+    ensure!(ended(&out.exit)? == Ended::Code(0), "{id}: {:?}", out.exit);
+    let st = super::wait_exited(&mut c, &id).await?;
+    ensure!(
+        st.exit.as_ref() == Some(&out.exit) && st.stdout_length == 6 && st.stderr_length == 0,
+        "{id}: Status after exit {st:?} disagrees with Attach's exit {:?}",
+        out.exit
+    );
+    expect_error(
+        "second Start with a finished, not forgotten id",
+        c.start(sh(&id, "true")).await,
+        Code::AlreadyExists,
+        &[],
+    )?;
+
+    c.forget(ForgetRequest {
+        execution_id: id.clone(),
+    })
+    .await
+    .map_err(Failure::rpc(format!("Forget {id} after exit")))?;
+    expect_error(
+        "Status after Forget",
+        c.status(StatusRequest {
+            execution_id: id.clone(),
+        })
+        .await,
+        Code::NotFound,
+        &[],
+    )?;
+    expect_error(
+        "Attach after Forget",
+        attach_raw(&mut c, &id, 0, 0).await,
+        Code::NotFound,
+        &[],
+    )?;
+    expect_error(
+        "Cancel after Forget",
+        c.cancel(CancelRequest {
+            execution_id: id.clone(),
+            grace_period_ms: 0,
+        })
+        .await,
+        Code::NotFound,
+        &[],
+    )?;
+    expect_error(
+        "Forget after Forget",
+        c.forget(ForgetRequest {
+            execution_id: id.clone(),
+        })
+        .await,
+        Code::NotFound,
+        &[],
+    )?;
+
+    let again = run(&mut c, sh(&id, "echo again")).await?;
+    ensure!(
+        again.stdout == b"again\n",
+        "{id}: reusing a forgotten id: {:?}",
+        again.stdout_text()
+    );
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! The client side used by the checks: connecting over a Unix socket or TCP,
+//! building requests, and reading an Attach stream while checking the
+//! invariants every stream must keep (contiguous per-stream offsets, valid
+//! stream tags, nothing after Exited, final lengths matching what was sent).
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper_util::rt::TokioIo;
+use kruntimes_proto::runtime::v1::runtime_server_client::RuntimeServerClient;
+use kruntimes_proto::runtime::v1::{
+    AttachRequest, Command, ExecutionEvent, Exit, StartRequest, StartResponse, Stream,
+    execution_event, exit, start_request,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Status, Streaming};
+
+use crate::Failure;
+use crate::ensure;
+
+pub type Client = RuntimeServerClient<Channel>;
+
+/// How long one step (one message, one RPC) may take before the check fails
+/// as hung. Generous: the machine may be loaded; this is not a speed test.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest message the suite accepts from a server.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl FromStr for Addr {
+    type Err = Failure;
+
+    fn from_str(s: &str) -> Result<Self, Failure> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err(Failure::Setup(format!("address {s:?}: empty socket path"))),
+            Some(p) => Ok(Addr::Unix(PathBuf::from(p))),
+            None if s.contains(':') => Ok(Addr::Tcp(s.to_string())),
+            None => Err(Failure::Setup(format!(
+                "address {s:?} is neither unix:/path nor host:port"
+            ))),
+        }
+    }
+}
+
+pub async fn connect(addr: &Addr) -> Result<Client, Failure> {
+    let channel = match addr {
+        Addr::Unix(path) => {
+            let path = path.clone();
+            // The URI is required by the API but unused: the connector dials the socket.
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let s = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(s))
+                    }
+                }))
+                .await
+        }
+        Addr::Tcp(hostport) => {
+            Endpoint::from_shared(format!("http://{hostport}"))
+                .map_err(|e| Failure::Setup(format!("address {hostport:?}: {e}")))?
+                .connect()
+                .await
+        }
+    }
+    .map_err(|e| Failure::Setup(format!("connecting to {addr:?}: {e}")))?;
+    Ok(RuntimeServerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A fresh execution id, unique across runs against a long-lived server.
+pub fn unique_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
+}
+
+/// A Command StartRequest.
+pub fn command(id: &str, argv: &[&str]) -> StartRequest {
+    StartRequest {
+        execution_id: id.to_string(),
+        program: Some(start_request::Program::Command(Command {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// `["sh", "-c", script]` as a Command StartRequest.
+pub fn sh(id: &str, script: &str) -> StartRequest {
+    command(id, &["sh", "-c", script])
+}
+
+pub async fn start(client: &mut Client, req: StartRequest) -> Result<StartResponse, Failure> {
+    let id = req.execution_id.clone();
+    let r = tokio::time::timeout(STEP_TIMEOUT, client.start(req))
+        .await
+        .map_err(|_| Failure::Violation(format!("Start {id}: no answer in {STEP_TIMEOUT:?}")))?
+        .map_err(Failure::rpc(format!("Start {id}")))?
+        .into_inner();
+    ensure!(r.pid > 0, "Start {id}: pid {} is not a process id", r.pid);
+    Ok(r)
+}
+
+/// The status of an Exit, or a Violation if neither code nor signal is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+pub fn ended(exit: &Exit) -> Result<Ended, Failure> {
+    match exit.status {
+        Some(exit::Status::Code(c)) => Ok(Ended::Code(c)),
+        Some(exit::Status::Signal(s)) => Ok(Ended::Signal(s)),
+        None => Err(Failure::Violation(format!(
+            "Exit has neither code nor signal: {exit:?}"
+        ))),
+    }
+}
+
+/// Everything an Attach delivered.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: Exit,
+    /// OutputChunk messages received.
+    pub messages: usize,
+}
+
+impl Collected {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Reads one Attach stream, checking the invariants as it goes.
+pub struct AttachReader {
+    pub id: String,
+    stream: Streaming<ExecutionEvent>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Offsets the next chunk of each stream must start at.
+    next_out: u64,
+    next_err: u64,
+    pub messages: usize,
+    pub exit: Option<Exit>,
+}
+
+impl AttachReader {
+    pub async fn open(
+        client: &mut Client,
+        id: &str,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> Result<Self, Failure> {
+        let stream = attach_raw(client, id, stdout_offset, stderr_offset)
+            .await
+            .map_err(Failure::rpc(format!(
+                "Attach {id} at ({stdout_offset}, {stderr_offset})"
+            )))?;
+        Ok(Self {
+            id: id.to_string(),
+            stream,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            next_out: stdout_offset,
+            next_err: stderr_offset,
+            messages: 0,
+            exit: None,
+        })
+    }
+
+    /// Receives one event; false when the exit was received (stream checked
+    /// to end right after it).
+    pub async fn step(&mut self) -> Result<bool, Failure> {
+        let id = self.id.clone();
+        ensure!(self.exit.is_none(), "{id}: reading past Exited");
+        let msg = tokio::time::timeout(STEP_TIMEOUT, self.stream.message())
+            .await
+            .map_err(|_| Failure::Violation(format!("{id}: no Attach event in {STEP_TIMEOUT:?}")))?
+            .map_err(Failure::rpc(format!("Attach {id} stream")))?;
+        let Some(ev) = msg else {
+            return Err(Failure::Violation(format!(
+                "{id}: Attach stream ended without an Exited event"
+            )));
+        };
+        match ev.event {
+            Some(execution_event::Event::Output(chunk)) => {
+                self.messages += 1;
+                let (buf, next, name) = match Stream::try_from(chunk.stream) {
+                    Ok(Stream::Stdout) => (&mut self.stdout, &mut self.next_out, "stdout"),
+                    Ok(Stream::Stderr) => (&mut self.stderr, &mut self.next_err, "stderr"),
+                    _ => {
+                        return Err(Failure::Violation(format!(
+                            "{id}: OutputChunk with invalid stream tag {}",
+                            chunk.stream
+                        )));
+                    }
+                };
+                ensure!(
+                    chunk.offset == *next,
+                    "{id}: {name} chunk at offset {} but {} bytes were delivered before it (gap, overlap or reordering)",
+                    chunk.offset,
+                    *next
+                );
+                ensure!(
+                    !chunk.data.is_empty(),
+                    "{id}: empty {name} OutputChunk at offset {}",
+                    chunk.offset
+                );
+                *next += chunk.data.len() as u64;
+                buf.extend_from_slice(&chunk.data);
+                Ok(true)
+            }
+            Some(execution_event::Event::Exited(exit)) => {
+                ended(&exit)?;
+                ensure!(
+                    exit.stdout_length == self.next_out && exit.stderr_length == self.next_err,
+                    "{id}: Exited says stdout/stderr lengths {}/{} but {}/{} bytes were delivered before it",
+                    exit.stdout_length,
+                    exit.stderr_length,
+                    self.next_out,
+                    self.next_err
+                );
+                let after = tokio::time::timeout(STEP_TIMEOUT, self.stream.message())
+                    .await
+                    .map_err(|_| {
+                        Failure::Violation(format!("{id}: Attach stream stays open after Exited"))
+                    })?;
+                ensure!(
+                    matches!(after, Ok(None)),
+                    "{id}: Attach stream must end right after Exited, got {after:?}"
+                );
+                self.exit = Some(exit);
+                Ok(false)
+            }
+            None => Err(Failure::Violation(format!(
+                "{id}: ExecutionEvent without event"
+            ))),
+        }
+    }
+
+    /// Reads until `pred(stdout so far)` holds.
+    pub async fn read_stdout_until(&mut self, pred: impl Fn(&[u8]) -> bool) -> Result<(), Failure> {
+        while !pred(&self.stdout) {
+            if !self.step().await? {
+                return Err(Failure::Violation(format!(
+                    "{}: exited before the expected output; stdout was {:?}",
+                    self.id,
+                    String::from_utf8_lossy(&self.stdout)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads to the end.
+    pub async fn finish(mut self) -> Result<Collected, Failure> {
+        while self.step().await? {}
+        let exit = self
+            .exit
+            .ok_or_else(|| Failure::Violation(format!("{}: no exit", self.id)))?;
+        Ok(Collected {
+            stdout: self.stdout,
+            stderr: self.stderr,
+            exit,
+            messages: self.messages,
+        })
+    }
+}
+
+pub async fn attach_raw(
+    client: &mut Client,
+    id: &str,
+    stdout_offset: u64,
+    stderr_offset: u64,
+) -> Result<Streaming<ExecutionEvent>, Status> {
+    let req = AttachRequest {
+        execution_id: id.to_string(),
+        stdout_offset,
+        stderr_offset,
+    };
+    match tokio::time::timeout(STEP_TIMEOUT, client.attach(req)).await {
+        Ok(r) => r.map(|r| r.into_inner()),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "Attach {id}: no answer in {STEP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Attaches from offset 0 and reads everything.
+pub async fn collect(client: &mut Client, id: &str) -> Result<Collected, Failure> {
+    AttachReader::open(client, id, 0, 0).await?.finish().await
+}
+
+/// Starts and collects.
+pub async fn run(client: &mut Client, req: StartRequest) -> Result<Collected, Failure> {
+    let id = req.execution_id.clone();
+    start(client, req).await?;
+    collect(client, &id).await
+}
+
+/// Checks that `r` failed with `code` and that the message mentions every
+/// one of `needles` (case-insensitive), e.g. the field name.
+pub fn expect_error<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<T, Status>,
+    code: Code,
+    needles: &[&str],
+) -> Result<Status, Failure> {
+    let status = match r {
+        Ok(v) => {
+            return Err(Failure::Violation(format!(
+                "{what}: expected {code:?}, but the call succeeded: {v:?}"
+            )));
+        }
+        Err(s) => s,
+    };
+    ensure!(
+        status.code() == code,
+        "{what}: expected {code:?}, got {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    let msg = status.message().to_lowercase();
+    for n in needles {
+        ensure!(
+            msg.contains(&n.to_lowercase()),
+            "{what}: the {code:?} message must name {n:?}, got {:?}",
+            status.message()
+        );
+    }
+    Ok(status)
+}
