@@ -91,6 +91,12 @@ pub struct ProgramArgs {
     /// Run id [default: generated].
     #[arg(long)]
     pub id: Option<String>,
+    /// Collect artifacts also when the Run fails.
+    #[arg(long)]
+    pub artifacts_on_failure: bool,
+    /// Store directory artifacts as .tar.gz.
+    #[arg(long)]
+    pub artifacts_gzip: bool,
     /// The program and its arguments (after `--`), or the script's arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,

@@ -27,6 +27,7 @@ pub async fn logs(addr: &str, args: LogsArgs) -> Result<u8> {
             offset: args.offset,
             follow: false,
             stream: stream.map(|s| s as i32).unwrap_or(0),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -56,6 +57,7 @@ pub async fn follow(
                     offset,
                     follow: true,
                     stream: stream.map(|s| s as i32).unwrap_or(0),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -68,6 +70,9 @@ pub async fn follow(
                     }
                     Some(pb::logs_response::Event::End(end)) => {
                         return Ok(Some(end.run.unwrap_or_default()));
+                    }
+                    Some(pb::logs_response::Event::Truncated(t)) => {
+                        eprintln!("krt: [{} bytes of output dropped here: the Run's log cap was reached]", t.dropped_bytes);
                     }
                     None => {}
                 }

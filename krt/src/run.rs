@@ -74,6 +74,8 @@ pub fn request(p: &ProgramArgs, detach: bool) -> Result<pb::ExecuteRequest> {
         timeout_ms: p.timeout.map(|d| d.as_millis() as u64).unwrap_or(0),
         grace_period_ms: p.grace.map(|d| d.as_millis() as u64).unwrap_or(0),
         detach,
+        artifacts_on_failure: p.artifacts_on_failure,
+        artifacts_gzip: p.artifacts_gzip,
     })
 }
 
@@ -114,6 +116,9 @@ pub async fn execute_streaming(client: &mut Client, req: pb::ExecuteRequest) -> 
                         );
                     }
                     return Ok(exit_code(&run));
+                }
+                Some(pb::run_event::Event::Truncated(t)) => {
+                    eprintln!("krt: [{} bytes of output dropped here: the Run's log cap was reached]", t.dropped_bytes);
                 }
                 Some(pb::run_event::Event::Started(_)) | None => {}
             },
@@ -213,6 +218,8 @@ mod tests {
             timeout: None,
             grace: None,
             id: None,
+            artifacts_on_failure: false,
+            artifacts_gzip: false,
             args: a.iter().map(|s| s.to_string()).collect(),
         }
     }

@@ -160,6 +160,7 @@ impl Run {
             finished_at: s.finished_at.map(to_timestamp),
             pid: s.pid,
             log_length: self.spool.progress().len,
+            ..Default::default()
         }
     }
 

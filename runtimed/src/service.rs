@@ -202,6 +202,21 @@ type EventStream<T> = ReceiverStream<Result<T, Status>>;
 impl Runtimed for Service {
     type ExecuteStream = EventStream<pb::RunEvent>;
     type LogsStream = EventStream<pb::LogsResponse>;
+    type DownloadArtifactStream = EventStream<pb::DownloadArtifactResponse>;
+
+    async fn list_artifacts(
+        &self,
+        _request: Request<pb::ListArtifactsRequest>,
+    ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        Err(Status::unimplemented("artifacts are not collected yet"))
+    }
+
+    async fn download_artifact(
+        &self,
+        _request: Request<pb::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        Err(Status::unimplemented("artifacts are not collected yet"))
+    }
 
     async fn execute(
         &self,
