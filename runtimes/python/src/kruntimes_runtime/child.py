@@ -1,0 +1,284 @@
+"""What a child forked by the zygote does: become the execution's process.
+
+It starts its own session, takes the stdio pipes, enters the working directory,
+sets the environment and closes every other descriptor; then it either execs a
+program or runs Python in-process exactly as `python3 -c/-m/FILE` would (argv,
+sys.path[0], __main__, exit codes, tracebacks, flushing, KeyboardInterrupt).
+
+Setup failures are written to the status pipe (closed on success), so the
+zygote can fail the Start. Everything used here is imported by the zygote before
+it forks: the fork path imports nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import errno
+import gc
+import os
+import runpy
+import signal
+import socket
+import sys
+import zipimport
+
+import _signal
+from importlib.machinery import BuiltinImporter, SourceFileLoader
+from importlib.util import MAGIC_NUMBER
+from typing import Any, NoReturn
+
+from .stdio import PreparedStdio
+
+# Exit status when setup or exec fails (as shells use for "cannot execute").
+SETUP_FAILED = 127
+# CPython's status when flushing stdout at exit fails.
+FLUSH_FAILED = 120
+_SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
+_SIGCHLD, _SIGTERM, _SIGINT = int(signal.SIGCHLD), int(signal.SIGTERM), int(signal.SIGINT)
+_SIGPIPE, _SIGXFSZ = int(signal.SIGPIPE), int(signal.SIGXFSZ)
+
+
+def run(
+    plan: dict[str, Any],
+    out_fd: int,
+    err_fd: int,
+    status_fd: int,
+    ctrl: socket.socket,
+    stdio: PreparedStdio,
+) -> NoReturn:
+    """Entry point in the forked child; never returns."""
+    try:
+        # The zygote's socket object must not close an fd number the user's
+        # code may reuse later: detach it, closerange closes the real fd.
+        ctrl.detach()
+        signal.set_wakeup_fd(-1)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        if status_fd >= 0:
+            os.closerange(3, status_fd)
+            os.closerange(status_fd + 1, 1 << 20)
+        else:
+            os.closerange(3, 1 << 20)
+        os.chdir(plan["cwd"])
+    except OSError as e:
+        _fail(status_fd, "setup", f"cannot set up the process (cwd {plan['cwd']!r}): {e}")
+    if plan["kind"] == "exec":
+        _exec(plan, status_fd)
+    _run_python(plan, status_fd, stdio)
+
+
+def _fail(status_fd: int, kind: str, message: str) -> NoReturn:
+    """Report a setup failure to the zygote (exec path) or, when nobody waits
+    for the child (in-process path), on the execution's stderr."""
+    try:
+        if status_fd >= 0:
+            os.write(status_fd, f"{kind}\n{message}".encode("utf-8", "replace"))
+        else:
+            os.write(2, f"kruntimes: {message}\n".encode("utf-8", "replace"))
+    finally:
+        os._exit(SETUP_FAILED)
+
+
+def _exec(plan: dict[str, Any], status_fd: int) -> NoReturn:
+    # Undo the dispositions CPython and the zygote set (ignored signals stay
+    # ignored across exec), as subprocess's restore_signals does.
+    for sig in (_SIGPIPE, _SIGXFSZ, _SIGINT, _SIGCHLD, _SIGTERM):
+        _signal.signal(sig, _SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    path = plan["path"]
+    try:
+        _set_environ(plan["env"])
+        os.execve(path, plan["argv"], os.environ)
+    except OSError as e:
+        kind = "not_found" if e.errno == errno.ENOENT else "not_executable"
+        _fail(status_fd, kind, f"cannot execute {path!r}: {e.strerror}")
+
+
+def _set_environ(changes: dict[str, str]) -> None:
+    """Apply the Run's variables that differ from the zygote's environment
+    (which is the server's, i.e. the base the Run's env overlays)."""
+    for key, value in changes.items():
+        os.environ[key] = value
+
+
+def _new_main(**attrs: Any) -> Any:
+    main = type(sys)("__main__")
+    main.__dict__.update(
+        {
+            "__loader__": BuiltinImporter,
+            "__annotations__": {},
+            "__builtins__": builtins,
+        }
+    )
+    main.__dict__.update(attrs)
+    sys.modules["__main__"] = main
+    return main
+
+
+def _python_path(pythonpath: list[str] | None, at: int) -> None:
+    """Insert PYTHONPATH entries set by the Run (the zygote started without)."""
+    if not pythonpath:
+        return
+    entries: list[str] = []
+    for entry in pythonpath:
+        full = os.path.abspath(entry)
+        if full not in entries and full not in sys.path[at:]:
+            entries.append(full)
+    sys.path[at:at] = entries
+
+
+def _run_python(plan: dict[str, Any], status_fd: int, stdio: PreparedStdio) -> NoReturn:
+    try:
+        # _signal, not signal: the enum wrappers cost copy-on-write faults.
+        _signal.signal(_SIGCHLD, _SIG_DFL)
+        _signal.signal(_SIGTERM, _SIG_DFL)
+        _signal.signal(_SIGINT, _signal.default_int_handler)
+        _signal.signal(_SIGPIPE, _SIG_IGN)
+        _signal.signal(_SIGXFSZ, _SIG_IGN)
+        _set_environ(plan["env"])
+        stdio.install(plan["unbuffered"])
+        sys.argv = list(plan["argv"])
+        sys.orig_argv = list(plan["orig_argv"])
+        sys.dont_write_bytecode = plan["dont_write_bytecode"]
+        # The zygote was started with -c, so sys.path[0] is its '' entry.
+        if sys.path and sys.path[0] == "":
+            del sys.path[0]
+        _python_path(plan["pythonpath"], 0)
+    except Exception as e:  # noqa: BLE001 - reported to the zygote, then exit
+        _fail(status_fd, "setup", f"cannot set up the interpreter: {type(e).__name__}: {e}")
+    if status_fd >= 0:
+        os.close(status_fd)
+
+    mode, target = plan["mode"], plan["target"]
+    safe_path = plan["safe_path"]
+    code = 0
+    interrupted = False
+    try:
+        if mode == "c":
+            if not safe_path:
+                sys.path.insert(0, "")
+            main = _new_main()
+            exec(compile(target, "<string>", "exec"), main.__dict__)
+        elif mode == "m":
+            if not safe_path:
+                sys.path.insert(0, os.getcwd())
+            runpy._run_module_as_main(target, True)  # type: ignore[attr-defined]
+        else:
+            code = _run_file(plan, target, safe_path)
+    except SystemExit as e:
+        code = _system_exit_code(e)
+    except BaseException as e:  # noqa: BLE001 - python3 prints any uncaught exception
+        interrupted = isinstance(e, KeyboardInterrupt)
+        tb = e.__traceback__
+        # python3 shows only the user's frames (and runpy's for -m): drop ours.
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        # PyErr_Display prints the exception's own __traceback__, not `tb`.
+        e.__traceback__ = tb
+        try:
+            sys.excepthook(type(e), e, tb)
+        except BaseException:  # noqa: BLE001
+            pass
+        code = 1
+    _finish(code, interrupted)
+
+
+def _run_file(plan: dict[str, Any], path: str, safe_path: bool) -> int:
+    """`python3 FILE`: returns only for "can't open file" (status 2)."""
+    full = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    if os.path.isdir(path) or _is_zip(path):
+        # A directory or zip with __main__.py, run the way CPython does.
+        sys.path.insert(0, path)
+        runpy._run_module_as_main("__main__", False)  # type: ignore[attr-defined]
+        return 0
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as e:
+        prog = plan["orig_argv"][0] if plan["orig_argv"] else "python3"
+        sys.stderr.write(f"{prog}: can't open file {full!r}: [Errno {e.errno}] {e.strerror}\n")
+        return 2
+    if path.endswith(".pyc") or source[:4] == MAGIC_NUMBER:
+        # Compiled files: let the real interpreter run them.
+        sys.stdout.flush()
+        os.execv(plan["exec_path"], [plan["exec_path"], *plan["orig_argv"][1:]])
+    if not safe_path:
+        sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
+    main = _new_main(
+        __file__=full,
+        __cached__=None,
+        __loader__=SourceFileLoader("__main__", full),
+    )
+    code = compile(source, full, "exec", dont_inherit=True)
+    exec(code, main.__dict__)
+    return 0
+
+
+def _is_zip(path: str) -> bool:
+    try:
+        zipimport.zipimporter(path)
+    except (zipimport.ZipImportError, OSError):
+        return False
+    return True
+
+
+def _system_exit_code(e: SystemExit) -> int:
+    value = e.code
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    try:
+        sys.stderr.write(f"{value}\n")
+    except Exception:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _flush_std() -> bool:
+    ok = True
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name, None)
+        if stream is None or getattr(stream, "closed", False):
+            continue
+        try:
+            stream.flush()
+        except Exception as e:  # noqa: BLE001
+            ok = False
+            if name == "stdout":
+                try:
+                    sys.stderr.write(f"Exception ignored in: {stream!r}\n{type(e).__name__}: {e}\n")
+                except Exception:  # noqa: BLE001
+                    pass
+    return ok
+
+
+def _finish(code: int, interrupted: bool) -> NoReturn:
+    """Py_FinalizeEx's observable steps, then exit without the full teardown."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]
+        except BaseException:  # noqa: BLE001
+            pass
+    atexit._run_exitfuncs()
+    ok = _flush_std()
+    # Objects left in __main__ (open files not closed, ...) are finalized as at
+    # interpreter shutdown, so buffered writes reach their files.
+    main = sys.modules.get("__main__")
+    if main is not None:
+        try:
+            main.__dict__.clear()
+            gc.collect()
+        except BaseException:  # noqa: BLE001
+            pass
+    ok = _flush_std() and ok
+    if interrupted:
+        # CPython re-raises an uncaught KeyboardInterrupt as death by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code if ok else FLUSH_FAILED)

@@ -1,0 +1,72 @@
+"""A bounded per-stream output buffer with byte offsets.
+
+It holds the stream's bytes [start, end). Bytes at or past `sent` have not yet
+been handed to a reader and are never evicted; bytes below it are kept for
+replay (a re-Attach from an older offset) until new output needs their room.
+`room()` is how much may be read from the child's pipe now: when it is 0 the
+server stops reading and the child blocks on its full pipe (back-pressure).
+"""
+
+from __future__ import annotations
+
+from .errors import OutOfRange
+
+
+class OutputBuffer:
+    def __init__(self, capacity: int, name: str) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self.name = name
+        self.start = 0
+        self.end = 0
+        self.sent = 0
+        # bytearray: deleting a prefix is amortized O(1) in CPython.
+        self._data = bytearray()
+
+    def room(self) -> int:
+        """Bytes that may be appended without dropping unsent output."""
+        return self.capacity - (self.end - self.sent)
+
+    def unsent(self) -> int:
+        return self.end - self.sent
+
+    def append(self, data: bytes) -> None:
+        if len(data) > self.room():
+            raise ValueError(f"{len(data)} bytes exceed the {self.room()} bytes of room")
+        self._data += data
+        self.end += len(data)
+        overflow = (self.end - self.start) - self.capacity
+        if overflow > 0:
+            # Only already-sent bytes go: room() guarantees overflow <= sent - start.
+            del self._data[:overflow]
+            self.start += overflow
+
+    def check_offset(self, offset: int, field: str) -> None:
+        """OUT_OF_RANGE unless `offset` can be served (start <= offset <= end)."""
+        if offset < self.start:
+            raise OutOfRange(
+                f"{field} {offset} is older than the oldest {self.name} byte still "
+                f"buffered ({self.start}; the buffer holds the last {self.capacity} bytes)"
+            )
+        if offset > self.end:
+            raise OutOfRange(
+                f"{field} {offset} is past the end of {self.name} ({self.end} bytes so far)"
+            )
+
+    def read(self, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes from `offset` (start <= offset <= end)."""
+        if offset < self.start or offset > self.end:
+            raise ValueError(f"offset {offset} outside [{self.start}, {self.end}]")
+        lo = offset - self.start
+        with memoryview(self._data) as view:
+            return bytes(view[lo : lo + limit])
+
+    def mark_sent(self, offset: int) -> None:
+        """The current reader has been handed everything below `offset`."""
+        self.sent = max(self.start, min(offset, self.end))
+
+    def rewind(self, offset: int) -> None:
+        """A new reader starts at `offset`: everything from it is unsent again."""
+        self.check_offset(offset, f"{self.name}_offset")
+        self.sent = offset
