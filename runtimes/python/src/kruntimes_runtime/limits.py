@@ -22,6 +22,11 @@ BUFFER_MIN_BYTES = 64 << 10
 BUFFER_MAX_BYTES = 1 << 30
 # Largest OutputChunk sent: everything available is coalesced up to this size.
 CHUNK_MAX_BYTES = 256 << 10
+# A chatty child (many small writes in quick succession) is read at most every
+# COALESCE_DELAY_S, so its output travels in large chunks, not one per write.
+# The first read after a quiet period is immediate (no added latency).
+COALESCE_DELAY_S = 0.002
+COALESCE_SMALL_BYTES = 16 << 10
 
 DEFAULT_MAX_EXECUTIONS = 64
 MAX_EXECUTIONS_LIMIT = 4096

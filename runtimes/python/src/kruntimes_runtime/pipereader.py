@@ -3,13 +3,15 @@
 The read end is non-blocking and watched by the event loop; when the buffer is
 full the watch is removed, so the child blocks on its full pipe instead of the
 server's memory growing. Each read takes everything available up to the room
-(and a chunk's size), so chatty children cost few wakeups.
+(and a chunk's size); small reads in quick succession pause reading briefly,
+so a chatty child's output is read, and sent, in large chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 
 from . import limits
@@ -29,6 +31,8 @@ class PipeReader:
         self.buffer = buffer
         self._on_change = on_change
         self._watching = False
+        self._last_read = 0.0
+        self._delayed: asyncio.TimerHandle | None = None
         self.eof = False
 
     @property
@@ -42,6 +46,8 @@ class PipeReader:
         return self._fd is not None and self.buffer.room() <= 0
 
     def resume(self) -> None:
+        if self._delayed is not None:
+            return  # a coalescing pause resumes by itself
         if self._fd is not None and not self._watching and self.buffer.room() > 0:
             self._loop.add_reader(self._fd, self._on_readable)
             self._watching = True
@@ -71,14 +77,27 @@ class PipeReader:
             self._on_change()
             return
         self.buffer.append(data)
+        now = time.monotonic()
         if self.buffer.room() <= 0:
             self._pause()
+        elif len(data) < limits.COALESCE_SMALL_BYTES and now - self._last_read < limits.COALESCE_DELAY_S:
+            # Small reads in quick succession: let the pipe fill a little.
+            self._pause()
+            self._delayed = self._loop.call_later(limits.COALESCE_DELAY_S, self._end_delay)
+        self._last_read = now
         self._on_change()
+
+    def _end_delay(self) -> None:
+        self._delayed = None
+        self.resume()
 
     def close(self) -> None:
         """Stop reading and close the read end (EOF, or giving up on a pipe held
         open by a process that escaped the group)."""
         self._pause()
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)

@@ -1,7 +1,7 @@
 """The children's sys.stdin/stdout/stderr, built once in the zygote.
 
 A cold python3 whose stdout/stderr are pipes gets block-buffered stdout and
-line-buffered stderr (or write-through with -u / PYTHONUNBUFFERED), with the
+write-through stderr (both write-through with -u / PYTHONUNBUFFERED), with the
 encoding and error handlers of its locale. The zygote builds exactly those
 objects up front, on fds 1 and 2 temporarily pointing at a pipe so every cached
 property (seekable, tty, block size) is a pipe's; a child, whose fds 1 and 2
@@ -21,16 +21,34 @@ def _writer(fd: int, name: str, encoding: str, errors: str, is_stderr: bool, unb
     """As CPython's create_stdio builds a write stream."""
     raw = io.FileIO(fd, "w", closefd=False)
     raw.name = name  # type: ignore[misc]
-    buf: Any = raw if unbuffered else io.BufferedWriter(raw, buffer_size=_blksize(fd))
+    # CPython 3.9+: stderr is always unbuffered (write-through), like -u.
+    direct = unbuffered or is_stderr
+    buf: Any = raw if direct else io.BufferedWriter(raw, buffer_size=_blksize(fd))
     text = io.TextIOWrapper(
         buf,
         encoding=encoding,
         errors=errors,
         newline="\n",
-        line_buffering=is_stderr and not unbuffered,
-        write_through=unbuffered,
+        line_buffering=False,
+        write_through=direct,
     )
     text.mode = "w"  # type: ignore[misc]
+    return text
+
+
+def _reader(encoding: str, errors: str, unbuffered: bool) -> io.TextIOWrapper:
+    """stdin as CPython builds it (always buffered; write_through follows -u)."""
+    raw = io.FileIO(0, "r", closefd=False)
+    raw.name = "<stdin>"  # type: ignore[misc]
+    text = io.TextIOWrapper(
+        io.BufferedReader(raw, buffer_size=_blksize(0)),
+        encoding=encoding,
+        errors=errors,
+        newline="\n",
+        line_buffering=False,
+        write_through=unbuffered,
+    )
+    text.mode = "r"  # type: ignore[misc]
     return text
 
 
@@ -45,7 +63,7 @@ def _blksize(fd: int) -> int:
 class PreparedStdio:
     """Stdio objects for children: a buffered and an unbuffered pair."""
 
-    def __init__(self, stdin: Any, buffered: tuple[Any, Any], unbuffered: tuple[Any, Any]) -> None:
+    def __init__(self, stdin: tuple[Any, Any], buffered: tuple[Any, Any], unbuffered: tuple[Any, Any]) -> None:
         self.stdin = stdin
         self.buffered = buffered
         self.unbuffered = unbuffered
@@ -77,14 +95,12 @@ class PreparedStdio:
             os.dup2(saved[1], 2)
             for fd in (*saved, r, w):
                 os.close(fd)
-        stdin = io.open(0, "r", encoding=in_enc, errors=in_err, closefd=False)
-        stdin.buffer.raw.name = "<stdin>"  # type: ignore[attr-defined]
-        stdin.mode = "r"  # type: ignore[misc]
+        stdin = (_reader(in_enc, in_err, False), _reader(in_enc, in_err, True))
         return cls(stdin, pairs[0], pairs[1])
 
     def install(self, unbuffered: bool) -> None:
         """In the child, once fds 0-2 are its own."""
         out, err = self.unbuffered if unbuffered else self.buffered
-        sys.stdin = sys.__stdin__ = self.stdin
+        sys.stdin = sys.__stdin__ = self.stdin[1 if unbuffered else 0]
         sys.stdout = sys.__stdout__ = out
         sys.stderr = sys.__stderr__ = err

@@ -1,0 +1,60 @@
+"""OutputBuffer: bounded, unsent output never dropped, sent output kept for replay."""
+
+from __future__ import annotations
+
+import pytest
+
+from kruntimes_runtime.errors import OutOfRange
+from kruntimes_runtime.outbuf import OutputBuffer
+
+
+def test_room_shrinks_until_sent() -> None:
+    buf = OutputBuffer(10, "stdout")
+    assert buf.room() == 10
+    buf.append(b"abcdef")
+    assert buf.room() == 4
+    buf.append(b"ghij")
+    assert buf.room() == 0  # nobody read: the pipe must not be read any more
+    with pytest.raises(ValueError):
+        buf.append(b"k")
+    buf.mark_sent(4)
+    assert buf.room() == 4
+
+
+def test_eviction_only_of_sent_bytes_and_replay() -> None:
+    buf = OutputBuffer(10, "stdout")
+    buf.append(b"0123456789")
+    buf.mark_sent(6)
+    buf.append(b"ABCD")  # evicts 0123 (sent), keeps 45 (sent, replayable) and 6789 (unsent)
+    assert (buf.start, buf.end) == (4, 14)
+    assert buf.read(4, 100) == b"456789ABCD"
+    assert buf.read(6, 3) == b"678"
+    buf.check_offset(4, "stdout_offset")
+    with pytest.raises(OutOfRange, match=r"stdout_offset 3 is older than the oldest stdout byte still buffered \(4"):
+        buf.check_offset(3, "stdout_offset")
+    with pytest.raises(OutOfRange, match=r"stdout_offset 15 is past the end of stdout \(14 bytes so far\)"):
+        buf.check_offset(15, "stdout_offset")
+
+
+def test_rewind_makes_bytes_unsent_again() -> None:
+    buf = OutputBuffer(8, "stderr")
+    buf.append(b"abcdefgh")
+    buf.mark_sent(8)
+    assert buf.room() == 8
+    buf.rewind(2)
+    assert buf.room() == 2  # a re-attach from 2 must receive 2..8 before more is read
+    with pytest.raises(OutOfRange):
+        buf.rewind(9)
+
+
+def test_long_stream_stays_bounded() -> None:
+    buf = OutputBuffer(1024, "stdout")
+    total = 0
+    for i in range(5000):
+        data = bytes([i % 251]) * 100
+        n = min(len(data), buf.room())
+        buf.append(data[:n])
+        total += n
+        buf.mark_sent(buf.end)
+        assert buf.end - buf.start <= 1024
+    assert buf.end == total == 500_000

@@ -1,0 +1,422 @@
+"""End to end: the real server process over its Unix socket, real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kruntimes_runtime.proto import pb
+from support import (
+    Server,
+    descendants,
+    eventually,
+    new_id,
+    proc_stat,
+    start_server,
+    zombies_under,
+)
+
+
+def rpc_error(call: object, *args: object, **kw: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, **kw)  # type: ignore[operator]
+    return info.value
+
+
+def test_handshake_and_health(server: Server) -> None:
+    hs = server.stub.Handshake(pb.HandshakeRequest(protocol_version=pb.PROTOCOL_VERSION_V1))
+    assert hs.ready, hs.message
+    assert hs.runtime == "python"
+    assert hs.protocol_version == pb.PROTOCOL_VERSION_V1
+    assert hs.workspace_root == str(server.workspace.resolve())
+    assert "zygote pid" in hs.message and "writable" in hs.message
+    health = health_pb2_grpc.HealthStub(server.channel)
+    for service in ("", "kruntimes.runtime.v1.RuntimeServer"):
+        resp = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_socket_is_private(server: Server) -> None:
+    mode = os.stat(server.socket).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+@pytest.mark.parametrize("code", [0, 1, 255])
+def test_exit_codes(server: Server, code: int) -> None:
+    assert server.run(argv=["python3", "-c", f"raise SystemExit({code})"]).code == code
+    assert server.run(argv=["sh", "-c", f"exit {code}"]).code == code
+
+
+def test_death_by_signal(server: Server) -> None:
+    r = server.run(argv=["sh", "-c", "kill -KILL $$"])
+    assert r.signal == signal.SIGKILL and r.code is None
+    assert "killed by SIGKILL" in r.exit.message
+    r = server.run(argv=["python3", "-c", "import os; os.kill(os.getpid(), 15)"])
+    assert r.signal == signal.SIGTERM
+
+
+def test_env_precedence(server: Server) -> None:
+    r = server.run(
+        argv=["sh", "-c", 'echo "$HOME|$KRT_X|${PATH:+set}"'],
+        env={"HOME": "/run-home", "KRT_X": "x y"},
+    )
+    assert r.stdout == b"/run-home|x y|set\n"
+    r = server.run(argv=["python3", "-c", "import os; print(os.environ['KRT_X'], os.environ['HOME'])"], env={"KRT_X": "1", "HOME": "/h"})
+    assert r.stdout == b"1 /h\n"
+
+
+def test_working_directory(server: Server) -> None:
+    eid = new_id("wd")
+    r = server.stub.Start(
+        pb.StartRequest(execution_id=eid, command=pb.Command(argv=["pwd"]), working_dir="a/b")
+    )
+    assert r.pid > 0
+    res = server.attach(eid)
+    assert res.stdout.decode().strip() == str(server.workspace.resolve() / eid / "a" / "b")
+    r2 = server.run(argv=["python3", "-c", "import os; print(os.getcwd())"])
+    assert r2.stdout.decode().strip().startswith(str(server.workspace.resolve()))
+
+
+def test_working_dir_symlink_is_refused(server: Server) -> None:
+    eid = new_id("ln")
+    (server.workspace / eid).mkdir(parents=True)
+    os.symlink("/etc", server.workspace / eid / "out")
+    err = rpc_error(server.start, eid, argv=["true"], working_dir="out/x")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "working_dir 'out/x'" in err.details() and "symlink" in err.details()
+    assert not Path("/etc/x").exists()
+
+
+def test_streams_apart_in_order_and_binary(server: Server) -> None:
+    code = (
+        "import sys\n"
+        "for i in range(2000):\n"
+        "    sys.stdout.write(f'o{i}\\n'); sys.stdout.flush()\n"
+        "    sys.stderr.write(f'e{i}\\n')\n"
+        "sys.stdout.buffer.write(bytes(range(256)))\n"
+    )
+    r = server.run(argv=["python3", "-c", code])
+    assert r.code == 0
+    assert r.stdout == "".join(f"o{i}\n" for i in range(2000)).encode() + bytes(range(256))
+    assert r.stderr == "".join(f"e{i}\n" for i in range(2000)).encode()
+
+
+def test_script(server: Server) -> None:
+    src = "import sys\nprint(__name__, sys.argv[1:], __file__.endswith('/job.py'))\nraise SystemExit(4)\n"
+    r = server.run(script=src, args=["a", "b"], filename="job.py")
+    assert r.stdout == b"__main__ ['a', 'b'] True\n"
+    assert r.code == 4
+
+
+def test_module_and_file_invocations(server: Server) -> None:
+    eid = new_id("mod")
+    d = server.workspace / eid / "src"
+    d.mkdir(parents=True)
+    (d / "pkg").mkdir()
+    (d / "pkg" / "__init__.py").write_text("")
+    (d / "pkg" / "tool.py").write_text("import sys\nprint(sys.argv[1:], __name__)\nraise RuntimeError('boom')\n")
+    server.start(eid, argv=["python3", "-m", "pkg.tool", "x"], working_dir="src")
+    r = server.attach(eid)
+    assert r.stdout == b"['x'] __main__\n"
+    assert r.code == 1
+    # The traceback is python3's, runpy frames included, none of the server's.
+    cold = subprocess.run(
+        [sys.executable, "-m", "pkg.tool", "x"], cwd=d, capture_output=True, stdin=subprocess.DEVNULL
+    )
+    assert r.stderr == cold.stderr
+    eid2 = new_id("file")
+    (server.workspace / eid2).mkdir()
+    (server.workspace / eid2 / "main.py").write_text("import sys\nprint(sys.argv)\n")
+    server.start(eid2, argv=["python3", "main.py", "1"])
+    assert server.attach(eid2).stdout == b"['main.py', '1']\n"
+
+
+def test_differential_against_cold_python(server: Server, tmp_path: Path) -> None:
+    """The same programs, warm through the server and cold: identical results."""
+    programs = [
+        ["-c", "import sys; print(sys.argv, repr(sys.path[0]), sys.orig_argv[1:], __name__)", "a"],
+        ["-c", "import sys; print(sorted(globals()), __loader__, __spec__)"],
+        ["-c", "def f():\n    raise KeyError('k')\nf()"],
+        ["-c", "x = ("],
+        ["-c", "raise SystemExit('message')"],
+        ["-c", "import sys; print('x', end=''); sys.exit(258)"],
+        ["-u", "-c", "import sys; print(sys.stdout.write_through, sys.flags.unbuffered == 0)"],
+        ["-c", "import warnings; warnings.warn('careful')"],
+        ["-c", "import os, signal; print('before', flush=True); os.kill(os.getpid(), signal.SIGINT)"],
+        ["-c", "print(input())"],
+        ["nope.py"],
+    ]
+    eid = new_id("diff")
+    cwd = server.workspace / eid
+    for args in programs:
+        eid2 = new_id("diff")
+        server.start(eid2, argv=[sys.executable, *args])
+        warm = server.attach(eid2)
+        cold = subprocess.run(
+            [sys.executable, *args], cwd=server.workspace / eid2, capture_output=True, stdin=subprocess.DEVNULL
+        )
+        status = warm.code if warm.code is not None else -warm.signal  # type: ignore[operator]
+        assert (status, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr), args
+    assert not cwd.exists() or cwd.is_dir()
+
+
+def test_output_coalesced(server: Server) -> None:
+    """A million short unbuffered lines arrive in far fewer messages."""
+    code = "import sys\nw = sys.stdout.write\nfor i in range(1000000):\n    w('x\\n')\n"
+    r = server.run(argv=["python3", "-u", "-c", code])
+    assert r.code == 0
+    assert len(r.stdout) == 2_000_000
+    assert r.chunks < 2_000_000 / 1024, r.chunks
+
+
+def test_large_output_complete(server: Server) -> None:
+    size = 64 << 20
+    r = server.run(argv=["sh", "-c", f"head -c {size} /dev/zero | tr '\\0' 'a'; echo -n end >&2"])
+    assert r.code == 0
+    assert len(r.stdout) == size and r.stdout.count(b"a") == size
+    assert r.stderr == b"end"
+
+
+def test_cancel_kills_group_after_grace(server: Server, tmp_path: Path) -> None:
+    pidfile = tmp_path / "gc.pid"
+    script = f"sh -c 'trap \"\" TERM; echo $$ > {pidfile}; while :; do sleep 0.05; done' & echo started; wait"
+    eid = server.start(argv=["sh", "-c", script])
+    eventually(lambda: pidfile.exists() and pidfile.read_text().strip(), "grandchild started")
+    grandchild = int(pidfile.read_text())
+    server.stub.Cancel(pb.CancelRequest(execution_id=eid, grace_period_ms=300))
+    r = server.attach(eid)
+    assert r.exit.cancelled and not r.exit.timed_out
+    assert r.stdout == b"started\n"
+    assert "cancelled: SIGTERM sent to the process group" in r.exit.message
+    eventually(lambda: not _alive(grandchild), "grandchild killed")
+    # Idempotent, and a finished execution is left as it is.
+    server.stub.Cancel(pb.CancelRequest(execution_id=eid))
+    assert server.status(eid).exit == r.exit
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return proc_stat(pid)[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_cancel_python_child_waiting(server: Server) -> None:
+    eid = server.start(argv=["python3", "-c", "import time; print('up', flush=True); time.sleep(300)"])
+    deadline = time.monotonic() + 60
+    while server.status(eid).stdout_length < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server.stub.Cancel(pb.CancelRequest(execution_id=eid, grace_period_ms=10_000))
+    r = server.attach(eid)
+    assert r.signal == signal.SIGTERM and r.exit.cancelled
+    assert r.stdout == b"up\n"
+
+
+def test_timeout(server: Server) -> None:
+    eid = server.start(
+        argv=["sh", "-c", "trap '' TERM; echo go; while :; do sleep 0.05; done"], timeout_ms=300, grace_period_ms=200
+    )
+    r = server.attach(eid)
+    assert r.exit.timed_out and not r.exit.cancelled
+    assert r.signal == signal.SIGKILL
+    assert "timed out after 300 ms" in r.exit.message and "SIGKILL after 200 ms grace" in r.exit.message
+
+
+def test_concurrent_executions_and_no_zombies(server: Server) -> None:
+    ids = [server.start(argv=["python3", "-c", f"import time; time.sleep(0.2); print({i})"]) for i in range(50)]
+    results: dict[str, object] = {}
+
+    def collect(eid: str) -> None:
+        results[eid] = server.attach(eid)
+
+    threads = [threading.Thread(target=collect, args=(e,)) for e in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, eid in enumerate(ids):
+        r = results[eid]
+        assert r.stdout == f"{i}\n".encode() and r.code == 0  # type: ignore[attr-defined]
+    listed = {s.execution_id for s in server.stub.List(pb.ListRequest()).executions}
+    assert set(ids) <= listed
+    for eid in ids:
+        server.stub.Forget(pb.ForgetRequest(execution_id=eid))
+    eventually(lambda: zombies_under(server.pid) == [], "no zombies")
+    eventually(lambda: len(descendants(server.pid)) == 1, "only the zygote remains")
+
+
+def test_errors(server: Server) -> None:
+    eid = server.start(argv=["sleep", "300"])
+    err = rpc_error(server.start, eid, argv=["true"])
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS and eid in err.details()
+    err = rpc_error(server.stub.Forget, pb.ForgetRequest(execution_id=eid))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "still running" in err.details()
+    server.stub.Cancel(pb.CancelRequest(execution_id=eid, grace_period_ms=100))
+    server.wait_exited(eid)
+    server.stub.Forget(pb.ForgetRequest(execution_id=eid))
+    for call, req in [
+        (server.stub.Status, pb.StatusRequest(execution_id=eid)),
+        (server.stub.Forget, pb.ForgetRequest(execution_id=eid)),
+        (server.stub.Cancel, pb.CancelRequest(execution_id=eid)),
+    ]:
+        err = rpc_error(call, req)
+        assert err.code() == grpc.StatusCode.NOT_FOUND, err
+    err = rpc_error(lambda: list(server.stub.Attach(pb.AttachRequest(execution_id=eid))))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = rpc_error(server.start, None, argv=["no-such-program-kr"])
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "no-such-program-kr" in err.details()
+    err = rpc_error(server.start, "bad id", argv=["true"])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "execution_id 'bad id'" in err.details()
+    err = rpc_error(server.start, None, argv=[])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "command.argv" in err.details()
+    err = rpc_error(server.start, None, argv=["true"], env={"A=B": "1"})
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'A=B'" in err.details()
+    err = rpc_error(server.start, None, argv=["true"], working_dir="../x")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "working_dir" in err.details()
+    err = rpc_error(server.start, None, argv=["x"] * 5000)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit is 4096" in err.details()
+
+
+def test_backpressure_replay_and_reattach(fresh_server: Server) -> None:
+    srv = fresh_server  # 64 KiB buffers
+    total = 4 << 20
+    code = f"import sys\nsys.stdout.buffer.write(bytes(i % 256 for i in range({total})))\n"
+    eid = srv.start(argv=["python3", "-c", code])
+    # Nobody attached: the server holds at most one buffer; the child blocks.
+    eventually(lambda: srv.status(eid).stdout_length == 65536, "buffer filled")
+    time.sleep(0.3)
+    st = srv.status(eid)
+    assert st.state == pb.EXECUTION_STATE_RUNNING and st.stdout_length == 65536
+    expected = bytes(i % 256 for i in range(total))
+    # Read 100 KiB, drop the stream, and resume from that offset.
+    got = bytearray()
+    stream = srv.stub.Attach(pb.AttachRequest(execution_id=eid))
+    for ev in stream:
+        got += ev.output.data
+        if len(got) >= 100_000:
+            break
+    stream.cancel()
+    r = srv.attach(eid, stdout_offset=len(got))
+    assert bytes(got) + r.stdout == expected
+    assert r.code == 0
+    # Offsets older than what is buffered are refused with the oldest held.
+    err = rpc_error(lambda: list(srv.stub.Attach(pb.AttachRequest(execution_id=eid, stdout_offset=10))))
+    assert err.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "stdout_offset 10 is older than the oldest stdout byte still buffered" in err.details()
+    # The tail is replayable from any offset still held.
+    tail = srv.attach(eid, stdout_offset=total - 1000)
+    assert tail.stdout == expected[-1000:]
+
+
+def test_new_attach_replaces_old(fresh_server: Server) -> None:
+    srv = fresh_server
+    eid = srv.start(argv=["python3", "-c", "import time\nprint('a', flush=True)\ntime.sleep(300)"])
+    eventually(lambda: srv.status(eid).stdout_length == 2, "output")  # print may write twice
+    first = srv.stub.Attach(pb.AttachRequest(execution_id=eid))
+    assert next(first).output.data == b"a\n"
+    second = srv.stub.Attach(pb.AttachRequest(execution_id=eid))
+    assert next(second).output.data == b"a\n"
+    err = rpc_error(lambda: next(first))
+    assert err.code() == grpc.StatusCode.ABORTED and "replaced by a newer Attach" in err.details()
+    srv.stub.Cancel(pb.CancelRequest(execution_id=eid, grace_period_ms=100))
+    rest = list(second)
+    assert rest[-1].HasField("exited") and rest[-1].exited.cancelled
+
+
+def test_resource_exhausted(fresh_server: Server) -> None:
+    srv = fresh_server  # --max-executions 4
+    ids = [srv.start(argv=["sleep", "300"]) for _ in range(4)]
+    err = rpc_error(srv.start, None, argv=["true"])
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "4 executions are running, the limit is 4" in err.details()
+    for eid in ids:
+        srv.stub.Cancel(pb.CancelRequest(execution_id=eid, grace_period_ms=100))
+
+
+def test_zygote_death_fails_inflight_and_recovers(fresh_server: Server) -> None:
+    srv = fresh_server
+    eid = srv.start(argv=["python3", "-c", "import time; print('x', flush=True); time.sleep(300)"])
+    eventually(lambda: srv.status(eid).stdout_length == 2, "running")
+    zygote = srv.zygote_pid()
+    os.kill(zygote, signal.SIGKILL)
+    r = srv.attach(eid)
+    assert r.signal == signal.SIGKILL
+    assert "zygote died" in r.exit.message and "killed by SIGKILL" in r.exit.message, r.exit.message
+    assert r.stdout == b"x\n"
+
+    def recovered() -> bool:
+        hs = srv.stub.Handshake(pb.HandshakeRequest())
+        return hs.ready
+
+    eventually(recovered, "zygote restarted")
+    assert srv.zygote_pid() != zygote
+    assert srv.run(argv=["python3", "-c", "print(2)"]).stdout == b"2\n"
+    eventually(lambda: zombies_under(srv.pid) == [], "no zombies after the zygote died")
+
+
+def test_handshake_not_ready_on_bad_preload(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "bad", "--preload", "json,no_such_module_kr")
+    try:
+        hs = srv.stub.Handshake(pb.HandshakeRequest())
+        assert not hs.ready
+        assert "no_such_module_kr" in hs.message
+    finally:
+        srv.stop()
+
+
+def test_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "term")
+    eid = srv.start(argv=["sleep", "300"])
+    assert srv.status(eid).state == pb.EXECUTION_STATE_RUNNING
+    zygote = srv.zygote_pid()
+    sleeper = [p for p in descendants(srv.pid) if p != zygote]
+    assert srv.stop() == 0
+    assert not os.path.exists(srv.socket)
+    for pid in [zygote, *sleeper]:
+        assert not _alive(pid)
+
+
+def test_bad_config_is_reported(tmp_path: Path) -> None:
+    for args, fragment in [
+        (["--listen", "10.1.2.3:80", "--workspace", str(tmp_path)], "not a loopback address"),
+        (["--listen", "unix:" + "/x" * 80, "--workspace", str(tmp_path)], "the limit is 107"),
+        (["--listen", "unix:/tmp/x.sock", "--workspace", str(tmp_path), "--buffer-bytes", "10"], "--buffer-bytes 10"),
+        (["--listen", "unix:/tmp/x.sock", "--workspace", str(tmp_path), "--preload", "a-b"], "not a module name"),
+        (["--workspace", str(tmp_path)], "--listen"),
+    ]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KRUNTIMES_")}
+        r = subprocess.run([sys.executable, "-m", "kruntimes_runtime", *args], capture_output=True, env=env, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert fragment in r.stderr.decode(), r.stderr
+
+
+def test_tcp_loopback(tmp_path: Path) -> None:
+    log = tmp_path / "tcp.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kruntimes_runtime", "--listen", "127.0.0.1:0", "--workspace", str(tmp_path / "ws")],
+            stdout=logf,
+            stderr=logf,
+        )
+    try:
+        line = eventually(lambda: [x for x in log.read_text().splitlines() if "listening on" in x], "listening")
+        address = line[0].rsplit(" ", 1)[1]
+        assert address.startswith("127.0.0.1:")
+        from kruntimes_runtime.proto import pb_grpc
+
+        with grpc.insecure_channel(address) as ch:
+            assert pb_grpc.RuntimeServerStub(ch).Handshake(pb.HandshakeRequest()).ready
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
