@@ -72,7 +72,7 @@ pub const MAX_STEPS: u64 = 32;
 /// Dependencies of one Workflow step.
 pub const MAX_DEPENDS_ON: u64 = 16;
 /// Parameters of one Workflow step.
-pub const MAX_STEP_PARAMETERS: u64 = 32;
+pub const MAX_STEP_PARAMETERS: u64 = 16;
 /// S3 bucket name length (S3 naming rules).
 pub const MAX_BUCKET_LENGTH: u64 = 63;
 /// S3 region length.

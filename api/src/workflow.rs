@@ -42,7 +42,7 @@ use crate::{limits, schema};
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "self.steps.all(s, s.dependsOn.all(d, self.steps.map(t, t.name).indexOf(d) >= 0 && self.steps.map(t, t.name).indexOf(d) < self.steps.map(t, t.name).indexOf(s.name)))",
+        "rule": "self.steps.all(i, s, s.dependsOn.all(d, self.steps.exists(j, t, j < i && t.name == d)))",
         "message": "every steps[].dependsOn entry must name a step listed before it (steps are in dependency order, which rules out cycles)",
         "fieldPath": ".steps",
     },
