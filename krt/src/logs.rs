@@ -72,7 +72,10 @@ pub async fn follow(
                         return Ok(Some(end.run.unwrap_or_default()));
                     }
                     Some(pb::logs_response::Event::Truncated(t)) => {
-                        eprintln!("krt: [{} bytes of output dropped here: the Run's log cap was reached]", t.dropped_bytes);
+                        eprintln!(
+                            "krt: [{} bytes of output dropped here: the Run's log cap was reached]",
+                            t.dropped_bytes
+                        );
                     }
                     None => {}
                 }

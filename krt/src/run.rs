@@ -118,7 +118,10 @@ pub async fn execute_streaming(client: &mut Client, req: pb::ExecuteRequest) -> 
                     return Ok(exit_code(&run));
                 }
                 Some(pb::run_event::Event::Truncated(t)) => {
-                    eprintln!("krt: [{} bytes of output dropped here: the Run's log cap was reached]", t.dropped_bytes);
+                    eprintln!(
+                        "krt: [{} bytes of output dropped here: the Run's log cap was reached]",
+                        t.dropped_bytes
+                    );
                 }
                 Some(pb::run_event::Event::Started(_)) | None => {}
             },

@@ -36,24 +36,37 @@ impl Address {
     }
 
     /// A lazily connecting channel; it reconnects by itself after failures.
+    ///
+    /// Flow-control windows are fixed (1 MiB per stream, 2 MiB per
+    /// connection): large enough for bulk output on a local link, and a bound
+    /// on bytes in flight — runtimed relies on a Runtime Server still holding
+    /// whatever was in flight when runtimed died, to replay it.
     pub fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        let endpoint = |uri: String| {
+            Endpoint::from_shared(uri).map(|e| {
+                e.connect_timeout(Duration::from_secs(5))
+                    .initial_stream_window_size(1 << 20)
+                    .initial_connection_window_size(2 << 20)
+            })
+        };
         match self {
-            Address::Tcp(hp) => Ok(Endpoint::from_shared(format!("http://{hp}"))?
+            Address::Tcp(hp) => Ok(endpoint(format!("http://{hp}"))?
                 .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(5))
                 .connect_lazy()),
             Address::Unix(path) => {
                 let path = path.clone();
-                Ok(Endpoint::from_static("http://localhost")
-                    .connect_timeout(Duration::from_secs(5))
-                    .connect_with_connector_lazy(tower::service_fn(move |_| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    })))
+                Ok(
+                    endpoint("http://localhost".to_string())?.connect_with_connector_lazy(
+                        tower::service_fn(move |_| {
+                            let path = path.clone();
+                            async move {
+                                Ok::<_, std::io::Error>(TokioIo::new(
+                                    tokio::net::UnixStream::connect(path).await?,
+                                ))
+                            }
+                        }),
+                    ),
+                )
             }
         }
     }

@@ -5,10 +5,11 @@
 //! that says so.
 
 use crate::metrics::{Metrics, ResultLabels, RuntimeLabels};
-use crate::run::{Phase, Run};
+use crate::run::{Outcome, Phase, Run};
 use crate::runtime_server::RuntimeServer;
 use crate::spool::StreamKind;
 use crate::supervisor::signal_name;
+use crate::workspace::Workspace;
 use kruntimes_proto::runtime::v1 as rpb;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -27,9 +28,12 @@ pub struct Attempt {
     pub generation: u64,
     /// Whether runtimed supervises the server (local mode).
     pub supervised: bool,
-    pub timeout_ms: u64,
+    pub workspace: Workspace,
     /// Held until the Run is finished: it counts against `--max-runs`.
-    pub permit: OwnedSemaphorePermit,
+    /// `None` only for a Run recovered after a restart beyond the limit.
+    pub permit: Option<OwnedSemaphorePermit>,
+    /// Called once the Run is finished (spool budget enforcement).
+    pub on_finish: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Maps a Runtime Server Exit to the Run's phase, exit fields and message.
@@ -65,14 +69,15 @@ pub fn outcome(e: &rpb::Exit, timeout_ms: u64) -> (Phase, Option<i32>, Option<i3
 }
 
 impl Attempt {
-    pub async fn drive(self) {
+    pub async fn drive(mut self) {
         let id = self.run.id.clone();
         let result = self.follow_execution().await;
-        let (phase, code, signal, message) = match result {
-            Ok(exit) => outcome(&exit, self.timeout_ms),
-            Err(reason) => (Phase::Failed, None, None, reason),
-        };
-        self.run.finish(phase, code, signal, message.clone());
+        let o = self.finalize(result).await;
+        let (phase, message) = (o.phase, o.message.clone());
+        self.run.finish(o);
+        // A waiter that saw the Run finish may start the next one at once.
+        drop(self.permit.take());
+        self.workspace.cleanup(&id);
         tracing::info!(phase = phase.as_str(), %message, "run finished");
 
         let state = self.run.state();
@@ -99,7 +104,35 @@ impl Attempt {
                 execution_id: id.clone(),
             })
             .await;
-        drop(self.permit);
+        (self.on_finish)();
+    }
+
+    /// Turns the execution's end into the Run's outcome: phase and message,
+    /// then the outputs the Run wrote.
+    async fn finalize(&self, result: Result<rpb::Exit, String>) -> Outcome {
+        let exit = match result {
+            Ok(e) => e,
+            Err(reason) => return Outcome::failed(reason),
+        };
+        let (phase, exit_code, signal, message) = outcome(&exit, self.run.spec.timeout_ms);
+        let mut o = Outcome {
+            phase,
+            exit_code,
+            signal,
+            message,
+            outputs: Default::default(),
+            artifacts: Vec::new(),
+        };
+        match crate::outputs::read(&self.workspace.outputs_file(&self.run.id)) {
+            Ok(outputs) => o.outputs = outputs,
+            Err(e) => {
+                if o.phase == Phase::Succeeded {
+                    o.phase = Phase::Failed;
+                }
+                o.message = format!("{}; outputs rejected: {e}", o.message);
+            }
+        }
+        o
     }
 
     /// Returns the execution's Exit, or why the Run must fail without one.

@@ -71,6 +71,16 @@ pub struct Config {
     )]
     pub local_runtimes: Vec<String>,
 
+    /// Per-Run log cap in bytes; output beyond it is dropped with an in-band
+    /// marker and the Run says it was truncated.
+    #[arg(long, env = "RUNTIMED_LOG_CAP_BYTES", default_value_t = 2 << 30)]
+    pub log_cap_bytes: u64,
+
+    /// Budget for all spools in bytes; beyond it the spools of the oldest
+    /// finished Runs are evicted first.
+    #[arg(long, env = "RUNTIMED_SPOOL_BUDGET_BYTES", default_value_t = 10 << 30)]
+    pub spool_budget_bytes: u64,
+
     /// Default grace period between SIGTERM and SIGKILL, in milliseconds.
     #[arg(long, env = "RUNTIMED_GRACE_PERIOD_MS", default_value_t = 10_000)]
     pub grace_period_ms: u64,
@@ -88,6 +98,10 @@ impl Config {
 
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("spool")
+    }
+
+    pub fn records_dir(&self) -> PathBuf {
+        self.data_dir.join("runs")
     }
 
     pub fn socket_dir(&self) -> PathBuf {

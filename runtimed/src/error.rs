@@ -30,6 +30,10 @@ pub enum Error {
         offset: u64,
         length: u64,
     },
+    #[error("the log of run {0:?} was evicted to keep the spool within its budget")]
+    LogEvicted(String),
+    #[error("run {id:?} is still {phase}; only finished runs can be forgotten")]
+    RunNotFinished { id: String, phase: String },
     #[error("spool: {0}")]
     Spool(#[from] std::io::Error),
 }
@@ -45,6 +49,7 @@ impl From<Error> for Status {
             Error::RuntimeServer { status, .. } => status.code(),
             Error::WaitTimeout(_) => Code::DeadlineExceeded,
             Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+            Error::LogEvicted(_) | Error::RunNotFinished { .. } => Code::FailedPrecondition,
             Error::Spool(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

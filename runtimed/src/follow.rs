@@ -12,6 +12,12 @@ use tonic::Status;
 /// enough to keep latency and memory per follower low.
 pub const MAX_CHUNK: usize = 256 * 1024;
 
+/// What a follower sends: output, or the in-band truncation marker.
+pub enum Item {
+    Output(pb::Output),
+    Truncated(pb::Truncated),
+}
+
 pub enum Followed {
     /// Everything up to the end of a finished Run's log was sent.
     Complete,
@@ -39,11 +45,16 @@ pub async fn pump<T>(
     follow: bool,
     only: Option<StreamKind>,
     tx: &mpsc::Sender<Result<T, Status>>,
-    wrap: impl Fn(pb::Output) -> T,
+    wrap: impl Fn(Item) -> T,
 ) -> Option<Followed> {
     let mut progress = run.spool.subscribe();
+    let mut marker_sent = false;
     loop {
         let p = *progress.borrow_and_update();
+        if run.spool.is_evicted() {
+            let _ = tx.send(Err(Error::LogEvicted(run.id.clone()).into())).await;
+            return None;
+        }
         if offset > p.len && p.closed {
             let e = Error::OffsetOutOfRange {
                 id: run.id.clone(),
@@ -57,7 +68,7 @@ pub async fn pump<T>(
             match run.spool.read(offset, MAX_CHUNK, only) {
                 Ok((chunk, next)) => {
                     if let Some(c) = chunk {
-                        tx.send(Ok(wrap(to_output(c)))).await.ok()?;
+                        tx.send(Ok(wrap(Item::Output(to_output(c))))).await.ok()?;
                     }
                     offset = next;
                 }
@@ -66,6 +77,17 @@ pub async fn pump<T>(
                     return None;
                 }
             }
+        }
+        if !marker_sent
+            && let Some(t) = run.spool.truncation()
+            && offset >= t.offset
+        {
+            marker_sent = true;
+            let marker = pb::Truncated {
+                offset: t.offset,
+                dropped_bytes: t.dropped,
+            };
+            tx.send(Ok(wrap(Item::Truncated(marker)))).await.ok()?;
         }
         if p.closed {
             return Some(Followed::Complete);

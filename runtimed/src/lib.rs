@@ -8,6 +8,8 @@ pub mod config;
 pub mod error;
 pub mod follow;
 pub mod metrics;
+pub mod outputs;
+pub mod recovery;
 pub mod run;
 pub mod runtime_server;
 pub mod server;
@@ -15,6 +17,7 @@ pub mod service;
 pub mod spool;
 pub mod supervisor;
 pub mod validate;
+pub mod workspace;
 
 pub use config::Config;
 pub use server::serve;

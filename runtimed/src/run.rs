@@ -1,19 +1,23 @@
-//! A Run as runtimed tracks it: identity, its spool, and its state, published
-//! on a watch channel so Get, Wait and followers see every transition.
+//! A Run as runtimed tracks it: identity, what was asked, its spool, and its
+//! state — published on a watch channel so Get, Wait and followers see every
+//! transition, and saved to `DATA_DIR/runs/<id>.json` at each transition so a
+//! restarted runtimed knows its Runs and can re-attach to running ones.
 
 use crate::error::{Error, Result};
 use crate::spool::Spool;
 use kruntimes_proto::runtimed::v1 as pb;
 use kruntimes_proto::time::to_timestamp;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// Bound on `Run.message`, so a chatty error cannot bloat every Get.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     Pending,
     Running,
@@ -51,7 +55,41 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone)]
+/// What the Run asked for, beyond the program itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub timeout_ms: u64,
+    pub artifacts_on_failure: bool,
+    pub artifacts_gzip: bool,
+}
+
+/// One stored artifact, as recorded in the Run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub name: String,
+    pub kind: String,
+    pub content_type: String,
+    pub size: u64,
+    pub digest: String,
+    pub driver: String,
+    pub location: String,
+}
+
+impl ArtifactRecord {
+    pub fn to_proto(&self) -> pb::Artifact {
+        pb::Artifact {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            content_type: self.content_type.clone(),
+            size: self.size,
+            digest: self.digest.clone(),
+            driver: self.driver.clone(),
+            location: self.location.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunState {
     pub phase: Phase,
     pub pid: i32,
@@ -60,14 +98,57 @@ pub struct RunState {
     pub message: String,
     pub started_at: Option<SystemTime>,
     pub finished_at: Option<SystemTime>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactRecord>,
+    #[serde(default)]
+    pub log_dropped_bytes: u64,
+}
+
+/// The saved form of a Run.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunFile {
+    id: String,
+    uid: String,
+    runtime: String,
+    created_at: SystemTime,
+    spec: RunSpec,
+    state: RunState,
+}
+
+/// The final state of a Run, as decided by whoever ends it.
+pub struct Outcome {
+    pub phase: Phase,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: String,
+    pub outputs: BTreeMap<String, String>,
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+impl Outcome {
+    pub fn failed(message: String) -> Outcome {
+        Outcome {
+            phase: Phase::Failed,
+            exit_code: None,
+            signal: None,
+            message,
+            outputs: BTreeMap::new(),
+            artifacts: Vec::new(),
+        }
+    }
 }
 
 pub struct Run {
     pub id: String,
+    pub uid: String,
     pub runtime: String,
     pub created_at: SystemTime,
+    pub spec: RunSpec,
     pub spool: Spool,
     state: watch::Sender<RunState>,
+    record: PathBuf,
 }
 
 /// Truncates a message to [`MAX_MESSAGE_BYTES`] on a character boundary.
@@ -83,12 +164,21 @@ pub fn bounded_message(mut m: String) -> String {
     m
 }
 
+pub fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 impl Run {
-    pub fn new(id: String, runtime: String, spool: Spool) -> Run {
-        Run {
+    pub fn new(id: String, runtime: String, spec: RunSpec, spool: Spool, records: &Path) -> Run {
+        let run = Run {
+            record: records.join(format!("{id}.json")),
             id,
+            uid: uuid::Uuid::new_v4().to_string(),
             runtime,
             created_at: SystemTime::now(),
+            spec,
             spool,
             state: watch::channel(RunState {
                 phase: Phase::Pending,
@@ -98,9 +188,58 @@ impl Run {
                 message: String::new(),
                 started_at: None,
                 finished_at: None,
+                outputs: BTreeMap::new(),
+                artifacts: Vec::new(),
+                log_dropped_bytes: 0,
             })
             .0,
+        };
+        run.save();
+        run
+    }
+
+    /// Loads a saved Run and re-opens its spool.
+    pub fn load(record: &Path, spool_dir: &Path, log_cap: u64) -> std::io::Result<Run> {
+        let f: RunFile = serde_json::from_slice(&std::fs::read(record)?)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let spool = Spool::open(spool_dir, &f.id, log_cap, f.state.phase.is_terminal())?;
+        spool.restore_dropped(f.state.log_dropped_bytes);
+        Ok(Run {
+            id: f.id,
+            uid: f.uid,
+            runtime: f.runtime,
+            created_at: f.created_at,
+            spec: f.spec,
+            spool,
+            state: watch::channel(f.state).0,
+            record: record.to_path_buf(),
+        })
+    }
+
+    /// Saves the Run (write to a temporary name, then rename). A failure is
+    /// logged, not fatal: the Run itself goes on.
+    fn save(&self) {
+        let f = RunFile {
+            id: self.id.clone(),
+            uid: self.uid.clone(),
+            runtime: self.runtime.clone(),
+            created_at: self.created_at,
+            spec: self.spec.clone(),
+            state: self.state(),
+        };
+        let tmp = self.record.with_extension("json.tmp");
+        let r = serde_json::to_vec(&f)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &self.record));
+        if let Err(e) = r {
+            tracing::error!(run = %self.id, error = %e, "cannot save the run record");
         }
+    }
+
+    pub fn forget(&self) {
+        let _ = std::fs::remove_file(&self.record);
+        self.spool.remove();
     }
 
     pub fn state(&self) -> RunState {
@@ -117,37 +256,38 @@ impl Run {
             s.pid = pid;
             s.started_at = Some(started_at);
         });
+        self.save();
     }
 
     /// Records the final state once; later calls are ignored so the first
-    /// cause (e.g. a cancel) is not overwritten by a consequence.
-    pub fn finish(
-        &self,
-        phase: Phase,
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        message: String,
-    ) -> bool {
-        debug_assert!(phase.is_terminal());
-        let mut changed = false;
-        self.state.send_if_modified(|s| {
+    /// cause is not overwritten by a consequence.
+    pub fn finish(&self, o: Outcome) -> bool {
+        debug_assert!(o.phase.is_terminal());
+        let dropped = self.spool.truncation().map(|t| t.dropped).unwrap_or(0);
+        let changed = self.state.send_if_modified(|s| {
             if s.phase.is_terminal() {
                 return false;
             }
-            s.phase = phase;
-            s.exit_code = exit_code;
-            s.signal = signal;
-            s.message = bounded_message(message);
+            s.phase = o.phase;
+            s.exit_code = o.exit_code;
+            s.signal = o.signal;
+            s.message = bounded_message(o.message);
+            s.outputs = o.outputs;
+            s.artifacts = o.artifacts;
+            s.log_dropped_bytes = dropped;
             s.finished_at = Some(SystemTime::now());
-            changed = true;
             true
         });
+        if changed {
+            self.save();
+        }
         self.spool.close();
         changed
     }
 
     pub fn to_proto(&self) -> pb::Run {
         let s = self.state();
+        let truncation = self.spool.truncation();
         pb::Run {
             run_id: self.id.clone(),
             runtime: self.runtime.clone(),
@@ -160,7 +300,11 @@ impl Run {
             finished_at: s.finished_at.map(to_timestamp),
             pid: s.pid,
             log_length: self.spool.progress().len,
-            ..Default::default()
+            uid: self.uid.clone(),
+            outputs: s.outputs.into_iter().collect(),
+            artifacts: s.artifacts.iter().map(ArtifactRecord::to_proto).collect(),
+            log_truncated: truncation.is_some(),
+            log_dropped_bytes: truncation.map(|t| t.dropped).unwrap_or(0),
         }
     }
 
@@ -220,5 +364,37 @@ impl Registry {
         let mut v: Vec<_> = self.lock().values().cloned().collect();
         v.sort_by_key(|r| r.created_at);
         v
+    }
+
+    /// Evicts spools of finished Runs, oldest finished first, until the
+    /// spools of all Runs fit in `budget` bytes. Returns how many.
+    pub fn enforce_spool_budget(&self, budget: u64) -> usize {
+        let runs = self.list();
+        let mut total: u64 = runs
+            .iter()
+            .filter(|r| !r.spool.is_evicted())
+            .map(|r| r.spool.progress().len)
+            .sum();
+        if total <= budget {
+            return 0;
+        }
+        let mut finished: Vec<(SystemTime, &Arc<Run>)> = runs
+            .iter()
+            .filter(|r| !r.spool.is_evicted())
+            .filter_map(|r| r.state().finished_at.map(|f| (f, r)))
+            .collect();
+        finished.sort_by_key(|(f, _)| *f);
+        let mut evicted = 0;
+        for (_, r) in finished {
+            if total <= budget {
+                break;
+            }
+            let len = r.spool.progress().len;
+            r.spool.evict();
+            total = total.saturating_sub(len);
+            evicted += 1;
+            tracing::info!(run = %r.id, bytes = len, budget, "evicted the log spool of a finished run (spool budget)");
+        }
+        evicted
     }
 }

@@ -71,7 +71,12 @@ fn local_command(cfg: &Config, runtime: &str, socket: &Path) -> Result<ServerCom
 /// Runs runtimed until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     let workspace = cfg.workspace();
-    for dir in [&cfg.data_dir, &cfg.spool_dir(), &workspace] {
+    for dir in [
+        &cfg.data_dir,
+        &cfg.spool_dir(),
+        &cfg.records_dir(),
+        &workspace,
+    ] {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
     }
@@ -126,8 +131,13 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         max_runs: cfg.max_runs,
         metrics,
         spool_dir: cfg.spool_dir(),
+        records_dir: cfg.records_dir(),
+        workspace: crate::workspace::Workspace::new(workspace.clone()),
+        log_cap: cfg.log_cap_bytes,
+        spool_budget: cfg.spool_budget_bytes,
         grace_period_ms: cfg.grace_period_ms,
     });
+    crate::recovery::recover(&state, &cfg)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

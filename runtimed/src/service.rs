@@ -2,8 +2,8 @@
 
 use crate::attempt::Attempt;
 use crate::error::{Error, Result};
-use crate::follow::{Followed, pump};
-use crate::run::{Phase, Run};
+use crate::follow::{Followed, Item, pump};
+use crate::run::{Outcome, Run, RunSpec};
 use crate::runtime_server::RuntimeServer;
 use crate::spool::{Spool, StreamKind};
 use crate::validate;
@@ -24,13 +24,17 @@ use tracing::Instrument;
 const STREAM_BUFFER: usize = 8;
 
 pub struct State {
-    pub runs: crate::run::Registry,
+    pub runs: Arc<crate::run::Registry>,
     pub runtimes: BTreeMap<String, Arc<RuntimeServer>>,
     pub supervised: bool,
     pub permits: Arc<Semaphore>,
     pub max_runs: u32,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub spool_dir: PathBuf,
+    pub records_dir: PathBuf,
+    pub workspace: crate::workspace::Workspace,
+    pub log_cap: u64,
+    pub spool_budget: u64,
     pub grace_period_ms: u64,
 }
 
@@ -128,7 +132,7 @@ impl State {
             .map_err(|_| Error::TooManyRuns {
                 limit: self.max_runs as usize,
             })?;
-        let spool = Spool::create(&self.spool_dir, &id).map_err(|e| {
+        let spool = Spool::create(&self.spool_dir, &id, self.log_cap).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Error::RunExists {
                     id: id.clone(),
@@ -138,9 +142,28 @@ impl State {
                 Error::Spool(e)
             }
         })?;
-        let run = Arc::new(Run::new(id.clone(), server.name.clone(), spool));
-        if let Err(e) = self.runs.insert(run.clone()) {
-            return Err(e);
+        let spec = RunSpec {
+            timeout_ms: req.timeout_ms,
+            artifacts_on_failure: req.artifacts_on_failure,
+            artifacts_gzip: req.artifacts_gzip,
+        };
+        let run = Arc::new(Run::new(
+            id.clone(),
+            server.name.clone(),
+            spec,
+            spool,
+            &self.records_dir,
+        ));
+        self.runs.insert(run.clone())?;
+        let mut env = req.env.clone();
+        match self.workspace.prepare(&id, &health.workspace_root) {
+            // Ours last: a Run cannot point runtimed at another file.
+            Ok(vars) => env.extend(vars),
+            Err(e) => {
+                let msg = format!("cannot prepare the run's workspace: {e}");
+                run.finish(Outcome::failed(msg.clone()));
+                return Err(Error::Spool(std::io::Error::new(e.kind(), msg)));
+            }
         }
         let grace = if req.grace_period_ms == 0 {
             self.grace_period_ms
@@ -150,7 +173,7 @@ impl State {
         let start = rpb::StartRequest {
             execution_id: id.clone(),
             program: Some(program),
-            env: req.env.clone(),
+            env,
             working_dir: req.working_dir.clone(),
             timeout_ms: req.timeout_ms,
             grace_period_ms: grace,
@@ -163,7 +186,8 @@ impl State {
                     runtime: server.name.clone(),
                     status,
                 };
-                run.finish(Phase::Failed, None, None, e.to_string());
+                run.finish(Outcome::failed(e.to_string()));
+                self.workspace.cleanup(&id);
                 return Err(e);
             }
         };
@@ -181,18 +205,51 @@ impl State {
             .inc();
         self.metrics.runs_active.inc();
         tracing::info!(run = %id, runtime = %server.name, pid = started.pid, "run started");
-        let attempt = Attempt {
-            run: run.clone(),
-            server: server.clone(),
-            metrics: self.metrics.clone(),
-            generation: health.generation,
-            supervised: self.supervised,
-            timeout_ms: req.timeout_ms,
-            permit,
-        };
+        let attempt = self.attempt(run.clone(), server.clone(), health.generation, Some(permit));
         let span = tracing::info_span!("run", run = %id, runtime = %server.name);
         tokio::spawn(attempt.drive().instrument(span));
         Ok(run)
+    }
+
+    pub fn attempt(
+        self: &State,
+        run: Arc<Run>,
+        server: Arc<RuntimeServer>,
+        generation: u64,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Attempt {
+        let runs = self.runs.clone();
+        let budget = self.spool_budget;
+        Attempt {
+            run,
+            server,
+            metrics: self.metrics.clone(),
+            generation,
+            supervised: self.supervised,
+            workspace: self.workspace.clone(),
+            permit,
+            on_finish: Arc::new(move || {
+                runs.enforce_spool_budget(budget);
+            }),
+        }
+    }
+
+    /// Where a follower starts: tail lines, a time, or an offset.
+    fn start_offset(
+        &self,
+        run: &Run,
+        req: &pb::LogsRequest,
+        only: Option<StreamKind>,
+    ) -> Result<u64> {
+        if req.tail_lines > 0 {
+            return Ok(run.spool.tail_offset(req.tail_lines, only)?);
+        }
+        if let Some(since) = &req.since {
+            return Ok(run
+                .spool
+                .offset_since(crate::run::unix_us(from_timestamp(since))));
+        }
+        Ok(req.offset)
     }
 }
 
@@ -243,7 +300,10 @@ impl Runtimed for Service {
             if tx.send(Ok(started)).await.is_err() {
                 return;
             }
-            let wrap = |o| event(Event::Output(o));
+            let wrap = |i| match i {
+                Item::Output(o) => event(Event::Output(o)),
+                Item::Truncated(t) => event(Event::Truncated(t)),
+            };
             if let Some(Followed::Complete) = pump(&run, 0, true, None, &tx, wrap).await {
                 run.finished().await;
                 let exited = event(Event::Exited(pb::Exited {
@@ -262,14 +322,20 @@ impl Runtimed for Service {
         let req = request.into_inner();
         let run = self.0.runs.get(&req.run_id)?;
         let only = stream_filter(req.stream)?;
+        if run.spool.is_evicted() {
+            return Err(Error::LogEvicted(run.id.clone()).into());
+        }
+        let offset = self.0.start_offset(&run, &req, only)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             use pb::logs_response::Event;
-            let wrap = |o| pb::LogsResponse {
-                event: Some(Event::Output(o)),
+            let wrap = |i| pb::LogsResponse {
+                event: Some(match i {
+                    Item::Output(o) => Event::Output(o),
+                    Item::Truncated(t) => Event::Truncated(t),
+                }),
             };
-            if let Some(Followed::Complete) =
-                pump(&run, req.offset, req.follow, only, &tx, wrap).await
+            if let Some(Followed::Complete) = pump(&run, offset, req.follow, only, &tx, wrap).await
             {
                 run.finished().await;
                 let end = pb::LogsResponse {
@@ -281,6 +347,25 @@ impl Runtimed for Service {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let id = request.into_inner().run_id;
+        let run = self.0.runs.get(&id)?;
+        let phase = run.state().phase;
+        if !phase.is_terminal() {
+            return Err(Error::RunNotFinished {
+                id,
+                phase: phase.as_str().into(),
+            }
+            .into());
+        }
+        self.0.runs.remove(&id);
+        run.forget();
+        Ok(Response::new(pb::ForgetResponse {}))
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Run>, Status> {

@@ -6,7 +6,15 @@
 //! index, so a slow or absent reader costs disk, not RAM.
 //!
 //! Files: `<dir>/<run>.log` (raw bytes; file position == combined offset) and
-//! `<dir>/<run>.idx` (32-byte little-endian records, see [`Record`]).
+//! `<dir>/<run>.idx` (32-byte little-endian records, see [`Record`]). Data is
+//! written before its index record, so after a crash the index never points
+//! past the data: [`Spool::open`] trims whatever the index does not cover, and
+//! runtimed re-attaches to the Runtime Server from the per-stream offsets the
+//! index records (the server replays what it still buffers).
+//!
+//! A per-Run cap bounds the log: bytes past it are dropped and counted, and a
+//! zero-length marker record at the cap says where (followers get an in-band
+//! Truncated event there).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -32,6 +40,9 @@ impl StreamKind {
     }
 }
 
+/// Index code of the truncation marker record.
+const MARKER: u8 = 3;
+
 /// One appended range of the combined log.
 #[derive(Debug, Clone, Copy)]
 pub struct Record {
@@ -45,14 +56,38 @@ pub struct Record {
 impl Record {
     const SIZE: usize = 32;
 
-    fn encode(&self) -> [u8; Self::SIZE] {
+    fn encode(&self, code: u8) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
         b[0..8].copy_from_slice(&self.offset.to_le_bytes());
         b[8..16].copy_from_slice(&self.stream_offset.to_le_bytes());
         b[16..24].copy_from_slice(&self.time_us.to_le_bytes());
         b[24..28].copy_from_slice(&self.len.to_le_bytes());
-        b[28] = self.stream.code();
+        b[28] = code;
         b
+    }
+
+    /// Decodes one index record; `None` for a marker, `Err` for garbage.
+    fn decode(b: &[u8]) -> Result<Option<Record>, ()> {
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&b[24..28]);
+        let stream = match b[28] {
+            1 => StreamKind::Stdout,
+            2 => StreamKind::Stderr,
+            MARKER => return Ok(None),
+            _ => return Err(()),
+        };
+        Ok(Some(Record {
+            offset: u64_at(0),
+            stream_offset: u64_at(8),
+            time_us: u64_at(16),
+            len: u32::from_le_bytes(len),
+            stream,
+        }))
     }
 
     fn end(&self) -> u64 {
@@ -82,14 +117,26 @@ struct Inner {
     len: u64,
     stdout_len: u64,
     stderr_len: u64,
+    /// Where output started being dropped, once the cap was reached.
+    truncated_at: Option<u64>,
+    dropped: u64,
 }
 
 pub struct Spool {
     data: File,
     data_path: PathBuf,
     idx_path: PathBuf,
+    cap: u64,
     inner: Mutex<Inner>,
     progress: watch::Sender<Progress>,
+    evicted: std::sync::atomic::AtomicBool,
+}
+
+/// Truncation state of a spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncation {
+    pub offset: u64,
+    pub dropped: u64,
 }
 
 fn now_us() -> u64 {
@@ -100,8 +147,9 @@ fn now_us() -> u64 {
 }
 
 impl Spool {
-    /// Creates a new, empty spool for a Run. Fails if one exists.
-    pub fn create(dir: &Path, run_id: &str) -> std::io::Result<Spool> {
+    /// Creates a new, empty spool for a Run, holding at most `cap` bytes.
+    /// Fails if one exists.
+    pub fn create(dir: &Path, run_id: &str, cap: u64) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
         let data_path = dir.join(format!("{run_id}.log"));
         let idx_path = dir.join(format!("{run_id}.idx"));
@@ -118,14 +166,70 @@ impl Spool {
             data,
             data_path,
             idx_path,
+            cap,
             inner: Mutex::new(Inner {
                 index: Vec::new(),
                 idx_file,
                 len: 0,
                 stdout_len: 0,
                 stderr_len: 0,
+                truncated_at: None,
+                dropped: 0,
             }),
             progress: watch::channel(Progress::default()).0,
+            evicted: Default::default(),
+        })
+    }
+
+    /// Re-opens the spool of a Run after a restart: keeps every whole index
+    /// record the data file covers and trims the rest, so what follows is
+    /// appended exactly where the durable log ends.
+    pub fn open(dir: &Path, run_id: &str, cap: u64, closed: bool) -> std::io::Result<Spool> {
+        let data_path = dir.join(format!("{run_id}.log"));
+        let idx_path = dir.join(format!("{run_id}.idx"));
+        let open = |p: &Path| OpenOptions::new().read(true).append(true).open(p);
+        let data = open(&data_path)?;
+        let idx_file = open(&idx_path)?;
+        let raw = std::fs::read(&idx_path)?;
+        let data_len = data.metadata()?.len();
+        let mut index = Vec::with_capacity(raw.len() / Record::SIZE);
+        let (mut len, mut stdout_len, mut stderr_len) = (0u64, 0u64, 0u64);
+        let mut truncated_at = None;
+        let mut kept = 0usize;
+        for b in raw.chunks_exact(Record::SIZE) {
+            match Record::decode(b) {
+                Ok(Some(r)) if r.offset == len && r.end() <= data_len => {
+                    len = r.end();
+                    let end = r.stream_offset + u64::from(r.len);
+                    match r.stream {
+                        StreamKind::Stdout => stdout_len = stdout_len.max(end),
+                        StreamKind::Stderr => stderr_len = stderr_len.max(end),
+                    }
+                    index.push(r);
+                }
+                Ok(None) => truncated_at = Some(len),
+                _ => break,
+            }
+            kept += Record::SIZE;
+        }
+        idx_file.set_len(kept as u64)?;
+        data.set_len(len)?;
+        Ok(Spool {
+            data,
+            data_path,
+            idx_path,
+            cap,
+            inner: Mutex::new(Inner {
+                index,
+                idx_file,
+                len,
+                stdout_len,
+                stderr_len,
+                truncated_at,
+                dropped: 0,
+            }),
+            progress: watch::channel(Progress { len, closed }).0,
+            evicted: Default::default(),
         })
     }
 
@@ -162,7 +266,10 @@ impl Spool {
             );
         }
         let skip = usize::try_from(have.saturating_sub(stream_offset)).unwrap_or(data.len());
-        let new = &data[skip..];
+        let all_new = &data[skip..];
+        let room = usize::try_from(self.cap.saturating_sub(inner.len)).unwrap_or(usize::MAX);
+        let new = &all_new[..all_new.len().min(room)];
+        let dropped = (all_new.len() - new.len()) as u64;
         let mut pos = 0;
         while pos < new.len() {
             // Records are at most 4 GiB by construction of `len: u32`.
@@ -175,12 +282,31 @@ impl Spool {
                 len: piece.len() as u32,
                 stream,
             };
-            inner.idx_file.write_all(&rec.encode())?;
+            inner.idx_file.write_all(&rec.encode(rec.stream.code()))?;
             inner.len += piece.len() as u64;
             inner.index.push(rec);
             pos += piece.len();
         }
-        let new_stream_len = stream_offset.max(have) + new.len() as u64;
+        if dropped > 0 {
+            if inner.truncated_at.is_none() {
+                let marker = Record {
+                    offset: inner.len,
+                    stream_offset: 0,
+                    time_us: now_us(),
+                    len: 0,
+                    stream,
+                };
+                inner.idx_file.write_all(&marker.encode(MARKER))?;
+                inner.truncated_at = Some(inner.len);
+                tracing::warn!(
+                    cap = self.cap,
+                    "run output reached the log cap; dropping the rest"
+                );
+            }
+            inner.dropped += dropped;
+        }
+        // Stream lengths count dropped bytes too: they are where to re-attach.
+        let new_stream_len = stream_offset.max(have) + all_new.len() as u64;
         match stream {
             StreamKind::Stdout => inner.stdout_len = new_stream_len,
             StreamKind::Stderr => inner.stderr_len = new_stream_len,
@@ -202,6 +328,71 @@ impl Spool {
 
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
+    }
+
+    pub fn truncation(&self) -> Option<Truncation> {
+        let inner = self.lock();
+        inner.truncated_at.map(|offset| Truncation {
+            offset,
+            dropped: inner.dropped,
+        })
+    }
+
+    /// Restores the dropped-bytes count recorded before a restart.
+    pub fn restore_dropped(&self, dropped: u64) {
+        self.lock().dropped = dropped;
+    }
+
+    /// Offset where the last `lines` lines (of `only`, if given) begin.
+    pub fn tail_offset(&self, lines: u64, only: Option<StreamKind>) -> std::io::Result<u64> {
+        if lines == 0 {
+            return Ok(self.progress().len);
+        }
+        let records: Vec<Record> = {
+            let inner = self.lock();
+            inner
+                .index
+                .iter()
+                .rev()
+                .filter(|r| only.is_none_or(|s| r.stream == s))
+                .copied()
+                .collect()
+        };
+        let mut seen = 0u64;
+        let mut first_byte = true;
+        let mut start = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        'records: for r in &records {
+            let mut end = r.end();
+            while end > r.offset {
+                let n = (end - r.offset).min(buf.len() as u64) as usize;
+                let from = end - n as u64;
+                self.data.read_exact_at(&mut buf[..n], from)?;
+                for i in (0..n).rev() {
+                    if buf[i] == b'\n' {
+                        // A final newline ends the last line; it does not start one.
+                        if !first_byte {
+                            seen += 1;
+                            if seen == lines {
+                                start = Some(from + i as u64 + 1);
+                                break 'records;
+                            }
+                        }
+                    }
+                    first_byte = false;
+                }
+                end = from;
+            }
+            start = Some(r.offset);
+        }
+        Ok(start.unwrap_or(0))
+    }
+
+    /// Offset of the first output that arrived at or after `time_us`.
+    pub fn offset_since(&self, time_us: u64) -> u64 {
+        let inner = self.lock();
+        let i = inner.index.partition_point(|r| r.time_us < time_us);
+        inner.index.get(i).map(|r| r.offset).unwrap_or(inner.len)
     }
 
     /// Bytes of each stream spooled so far: where to re-attach from.
@@ -258,6 +449,17 @@ impl Spool {
         ))
     }
 
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Removes the spool's files; readers get an error from then on.
+    pub fn evict(&self) {
+        self.evicted
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.remove();
+    }
+
     /// Removes the spool's files.
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.data_path);
@@ -272,14 +474,14 @@ mod tests {
     #[test]
     fn append_read_coalesce_filter_dedupe() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spool::create(dir.path(), "r1").unwrap();
+        let s = Spool::create(dir.path(), "r1", 1 << 20).unwrap();
         s.append(StreamKind::Stdout, 0, b"hello ").unwrap();
         s.append(StreamKind::Stdout, 6, b"world\n").unwrap();
         s.append(StreamKind::Stderr, 0, b"oops\n").unwrap();
         // A replay overlapping what we have stores only the new tail.
         assert_eq!(s.append(StreamKind::Stdout, 6, b"world\nmore").unwrap(), 4);
         assert_eq!(s.stream_lengths(), (16, 5));
-        assert!(Spool::create(dir.path(), "r1").is_err());
+        assert!(Spool::create(dir.path(), "r1", 1 << 20).is_err());
 
         let (c, next) = s.read(0, 1 << 20, None).unwrap();
         let c = c.unwrap();
@@ -311,5 +513,84 @@ mod tests {
             std::fs::read(dir.path().join("r1.idx")).unwrap().len(),
             4 * 32
         );
+    }
+
+    #[test]
+    fn cap_truncates_with_a_marker_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path(), "r", 10).unwrap();
+        s.append(StreamKind::Stdout, 0, b"0123456").unwrap();
+        s.append(StreamKind::Stderr, 0, b"abcdef").unwrap();
+        s.append(StreamKind::Stdout, 7, b"789").unwrap();
+        assert_eq!(s.progress().len, 10);
+        assert_eq!(
+            s.truncation(),
+            Some(Truncation {
+                offset: 10,
+                dropped: 6
+            })
+        );
+        // Stream lengths include dropped bytes: re-attach continues after them.
+        assert_eq!(s.stream_lengths(), (10, 6));
+        drop(s);
+        let r = Spool::open(dir.path(), "r", 10, false).unwrap();
+        assert_eq!(r.progress().len, 10);
+        assert_eq!(r.truncation().map(|t| t.offset), Some(10));
+        let (c, _) = r.read(7, 100, None).unwrap();
+        assert_eq!(c.unwrap().data, b"abc");
+    }
+
+    #[test]
+    fn reopen_trims_data_the_index_does_not_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path(), "r", 1 << 20).unwrap();
+        s.append(StreamKind::Stdout, 0, b"hello\n").unwrap();
+        s.append(StreamKind::Stderr, 0, b"err\n").unwrap();
+        drop(s);
+        // A crash between the data write and its index record, plus a torn
+        // index record: both are dropped on open.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("r.log"))
+            .unwrap();
+        f.write_all(b"unindexed").unwrap();
+        let mut i = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("r.idx"))
+            .unwrap();
+        i.write_all(&[1u8; 7]).unwrap();
+        let r = Spool::open(dir.path(), "r", 1 << 20, false).unwrap();
+        assert_eq!(r.progress().len, 10);
+        assert_eq!(r.stream_lengths(), (6, 4));
+        assert_eq!(
+            std::fs::metadata(dir.path().join("r.log")).unwrap().len(),
+            10
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("r.idx")).unwrap().len(),
+            64
+        );
+        r.append(StreamKind::Stdout, 6, b"more\n").unwrap();
+        let (c, _) = r.read(10, 100, None).unwrap();
+        assert_eq!(c.unwrap().data, b"more\n");
+    }
+
+    #[test]
+    fn tail_and_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path(), "r", 1 << 20).unwrap();
+        s.append(StreamKind::Stdout, 0, b"a\nb\n").unwrap();
+        s.append(StreamKind::Stderr, 0, b"E1\n").unwrap();
+        s.append(StreamKind::Stdout, 4, b"c\nd\n").unwrap();
+        // combined: "a\nb\n" (0..4) "E1\n" (4..7) "c\nd\n" (7..11)
+        assert_eq!(s.tail_offset(1, None).unwrap(), 9);
+        assert_eq!(s.tail_offset(2, None).unwrap(), 7);
+        assert_eq!(s.tail_offset(3, None).unwrap(), 4);
+        assert_eq!(s.tail_offset(100, None).unwrap(), 0);
+        assert_eq!(s.tail_offset(3, Some(StreamKind::Stdout)).unwrap(), 2);
+        assert_eq!(s.tail_offset(1, Some(StreamKind::Stderr)).unwrap(), 4);
+        assert_eq!(s.tail_offset(0, None).unwrap(), 11);
+        assert_eq!(s.offset_since(0), 0);
+        assert_eq!(s.offset_since(u64::MAX), 11);
     }
 }

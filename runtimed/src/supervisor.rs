@@ -1,5 +1,10 @@
 //! Local mode: runtimed starts the built-in Runtime Servers itself, restarts
 //! them when they crash (with back-off) and stops them when it stops.
+//!
+//! A server outlives a runtimed that is killed (it runs in its own process
+//! group), so a restarted runtimed first tries to *adopt* the server still
+//! listening on the socket — its Runs are still running there — and watches
+//! that process by pid (from SO_PEERCRED) instead of waiting on it.
 
 use crate::runtime_server::RuntimeServer;
 use kruntimes_proto::runtime::v1 as rpb;
@@ -48,6 +53,24 @@ pub async fn supervise(
     cmd: ServerCommand,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    if let Some(pid) = adopt(&server, &cmd.socket).await {
+        tracing::info!(runtime = %server.name, pid, "adopted the runtime server left running by a previous runtimed");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => if !alive(pid) { break },
+                _ = stopping(&mut shutdown) => {
+                    stop_pid(pid).await;
+                    return;
+                }
+            }
+        }
+        let reason = format!("runtime server {} (adopted, pid {pid}) exited", server.name);
+        tracing::error!(runtime = %server.name, "{reason}; starting a new one");
+        server.set_health(|h| {
+            h.ready = false;
+            h.reason = reason;
+        });
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         let _ = std::fs::remove_file(&cmd.socket);
@@ -171,6 +194,37 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = stopping(shutdown) => true,
+    }
+}
+
+/// The pid of a ready server already listening on `socket`, if any.
+async fn adopt(server: &RuntimeServer, socket: &std::path::Path) -> Option<i32> {
+    let stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+    let pid = stream.peer_cred().ok()?.pid()?;
+    drop(stream);
+    match server.handshake().await {
+        Ok(h) if h.ready => {
+            server.record_handshake(Ok(h), true);
+            Some(pid)
+        }
+        _ => None,
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Stops a server that is not our child: SIGTERM, poll, SIGKILL.
+async fn stop_pid(pid: i32) {
+    let p = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+    let start = Instant::now();
+    while alive(pid) && start.elapsed() < STOP_GRACE {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive(pid) {
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -116,6 +116,7 @@ async fn reattach_after_disconnect_gets_every_byte_once() {
             offset: got.len() as u64,
             follow: true,
             stream: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -128,6 +129,7 @@ async fn reattach_after_disconnect_gets_every_byte_once() {
                 got.extend_from_slice(&o.data);
             }
             pb::logs_response::Event::End(e) => end = e.run,
+            pb::logs_response::Event::Truncated(t) => panic!("unexpected truncation {t:?}"),
         }
     }
     assert_eq!(got.len(), expected.len());
@@ -141,6 +143,7 @@ async fn reattach_after_disconnect_gets_every_byte_once() {
             offset: 7,
             follow: false,
             stream: pb::Stream::Stdout as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -158,6 +161,7 @@ async fn reattach_after_disconnect_gets_every_byte_once() {
             offset: 10 << 20,
             follow: false,
             stream: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

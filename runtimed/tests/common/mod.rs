@@ -15,6 +15,8 @@ pub struct Daemon {
     pub child: Child,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// Set once the process was killed and reaped.
+    gone: bool,
 }
 
 pub fn bin_dir() -> PathBuf {
@@ -36,10 +38,19 @@ fn require_bash_server() {
 impl Daemon {
     /// runtimed in local mode with the given extra flags.
     pub async fn start(extra: &[&str]) -> Daemon {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), extra).await
+    }
+
+    /// runtimed on an existing data directory (e.g. after a crash).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
         require_bash_server();
-        let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("api.sock");
-        let log = std::fs::File::create(dir.path().join("runtimed.log")).expect("log");
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("runtimed.log"))
+            .expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_runtimed"));
         cmd.arg("--data-dir")
             .arg(dir.path())
@@ -60,7 +71,12 @@ impl Daemon {
             cmd.args(["--local-runtimes", "bash"]);
         }
         let child = cmd.spawn().expect("spawn runtimed");
-        let d = Daemon { child, dir, socket };
+        let d = Daemon {
+            child,
+            dir,
+            socket,
+            gone: false,
+        };
         d.wait_socket().await;
         d
     }
@@ -118,10 +134,23 @@ impl Daemon {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
+
+    /// SIGKILLs runtimed (no clean-up of its own) and hands back its data
+    /// directory. The Runtime Servers it started keep running.
+    pub fn crash(mut self) -> tempfile::TempDir {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+        self.gone = true;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.gone {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let start = Instant::now();
@@ -160,6 +189,7 @@ pub struct Collected {
     pub started: bool,
     pub accepted: bool,
     pub messages: usize,
+    pub truncated: Option<pb::Truncated>,
 }
 
 pub async fn execute(c: &mut RuntimedClient<Channel>, req: pb::ExecuteRequest) -> Collected {
@@ -184,6 +214,7 @@ pub async fn execute(c: &mut RuntimedClient<Channel>, req: pb::ExecuteRequest) -
                 }
             }
             pb::run_event::Event::Exited(e) => out.run = e.run,
+            pb::run_event::Event::Truncated(t) => out.truncated = Some(t),
         }
     }
     out

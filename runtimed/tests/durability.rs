@@ -1,0 +1,103 @@
+//! Nothing is lost when runtimed is SIGKILLed mid-Run and restarted: it
+//! re-adopts the Runtime Server still running the Run, re-attaches from the
+//! spooled offsets, and the spool ends up holding every byte in order.
+
+mod common;
+
+use common::{Daemon, sh};
+use kruntimes_proto::runtimed::v1 as pb;
+use std::time::{Duration, Instant};
+
+const LINES: u64 = 7_000_000; // `seq 1 7000000` is 54.9 MB
+
+fn expected() -> Vec<u8> {
+    let mut v = Vec::with_capacity(56 << 20);
+    for i in 1..=LINES {
+        v.extend_from_slice(i.to_string().as_bytes());
+        v.push(b'\n');
+    }
+    v
+}
+
+async fn read_all(
+    c: &mut pb::runtimed_client::RuntimedClient<tonic::transport::Channel>,
+    id: &str,
+) -> Vec<u8> {
+    let mut s = c
+        .logs(pb::LogsRequest {
+            run_id: id.into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        if let Some(pb::logs_response::Event::Output(o)) = m.event {
+            assert_eq!(o.offset as usize, got.len());
+            got.extend_from_slice(&o.data);
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let mut req = sh(&format!("seq 1 {LINES}; exit 3"));
+    req.run_id = "durable".into();
+    req.detach = true;
+    c.execute(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap();
+
+    // Kill runtimed once a few MB are spooled, while the Run is mid-output.
+    let start = Instant::now();
+    loop {
+        let r = c
+            .get(pb::GetRequest {
+                run_id: "durable".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.phase,
+            pb::Phase::Running as i32,
+            "the run finished before the crash: {r:?}"
+        );
+        if r.log_length > 4 << 20 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(c);
+    let dir = d.crash();
+
+    let d = Daemon::start_in(dir, &[]).await;
+    let mut c = d.client();
+    let r = c
+        .wait(pb::WaitRequest {
+            run_id: "durable".into(),
+            timeout_ms: 120_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.phase, pb::Phase::Failed as i32, "{r:?}");
+    assert_eq!(r.exit_code, Some(3), "{r:?}");
+    let want = expected();
+    assert_eq!(r.log_length, want.len() as u64);
+    let got = read_all(&mut c, "durable").await;
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "spooled bytes differ from seq's output");
+    assert!(d.log().contains("adopted"), "{}", d.log());
+}
