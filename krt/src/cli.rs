@@ -136,8 +136,14 @@ pub struct LogsArgs {
     #[arg(long, short = 'f')]
     pub follow: bool,
     /// Start at this byte offset of the combined log.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["tail", "since"])]
     pub offset: u64,
+    /// Start at the last N lines.
+    #[arg(long, conflicts_with = "since")]
+    pub tail: Option<u64>,
+    /// Start at output that arrived within this long ago (e.g. 10m, 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
     /// Only this stream.
     #[arg(long, value_enum)]
     pub stream: Option<StreamArg>,

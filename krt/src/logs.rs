@@ -18,25 +18,51 @@ pub async fn logs(addr: &str, args: LogsArgs) -> Result<u8> {
         StreamArg::Stdout => pb::Stream::Stdout,
         StreamArg::Stderr => pb::Stream::Stderr,
     });
+    let mut req = pb::LogsRequest {
+        run_id: args.run_id.clone(),
+        offset: args.offset,
+        follow: args.follow,
+        stream: stream.map(|s| s as i32).unwrap_or(0),
+        tail_lines: args.tail.unwrap_or(0),
+        since: args
+            .since
+            .map(|d| kruntimes_proto::time::to_timestamp(std::time::SystemTime::now() - d)),
+    };
     if args.follow {
+        if req.tail_lines > 0 || req.since.is_some() {
+            // Resolve the start once; reconnects then resume by offset.
+            req.follow = false;
+            let first = client.logs(req.clone()).await?.into_inner();
+            let start = match first_offset(first).await? {
+                Some(o) => o,
+                None => {
+                    let get = pb::GetRequest {
+                        run_id: args.run_id.clone(),
+                    };
+                    client.get(get).await?.into_inner().log_length
+                }
+            };
+            return follow(&mut client, &args.run_id, start, stream).await;
+        }
         return follow(&mut client, &args.run_id, args.offset, stream).await;
     }
-    let mut s = client
-        .logs(pb::LogsRequest {
-            run_id: args.run_id.clone(),
-            offset: args.offset,
-            follow: false,
-            stream: stream.map(|s| s as i32).unwrap_or(0),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let mut s = client.logs(req).await?.into_inner();
     while let Some(m) = s.message().await? {
         if let Some(pb::logs_response::Event::Output(o)) = m.event {
             write_chunk(&o)?;
         }
     }
     Ok(0)
+}
+
+/// The offset of the first output message of a stream (or its end).
+async fn first_offset(mut s: tonic::Streaming<pb::LogsResponse>) -> Result<Option<u64>> {
+    while let Some(m) = s.message().await? {
+        if let Some(pb::logs_response::Event::Output(o)) = m.event {
+            return Ok(Some(o.offset));
+        }
+    }
+    Ok(None)
 }
 
 /// Follows until the log's end marker, reconnecting from the last offset

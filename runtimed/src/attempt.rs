@@ -32,7 +32,7 @@ pub struct Attempt {
     /// Held until the Run is finished: it counts against `--max-runs`.
     /// `None` only for a Run recovered after a restart beyond the limit.
     pub permit: Option<OwnedSemaphorePermit>,
-    /// Called once the Run is finished (spool budget enforcement).
+    /// Called as the Run finishes (spool budget enforcement).
     pub on_finish: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -74,6 +74,9 @@ impl Attempt {
         let result = self.follow_execution().await;
         let o = self.finalize(result).await;
         let (phase, message) = (o.phase, o.message.clone());
+        // Older finished spools make room before this Run is seen finished,
+        // so whoever waits for it also sees the budget enforced.
+        (self.on_finish)();
         self.run.finish(o);
         // A waiter that saw the Run finish may start the next one at once.
         drop(self.permit.take());
@@ -104,7 +107,6 @@ impl Attempt {
                 execution_id: id.clone(),
             })
             .await;
-        (self.on_finish)();
     }
 
     /// Turns the execution's end into the Run's outcome: phase and message,

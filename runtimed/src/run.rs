@@ -263,7 +263,15 @@ impl Run {
     /// cause is not overwritten by a consequence.
     pub fn finish(&self, o: Outcome) -> bool {
         debug_assert!(o.phase.is_terminal());
-        let dropped = self.spool.truncation().map(|t| t.dropped).unwrap_or(0);
+        let truncation = self.spool.truncation();
+        let dropped = truncation.map(|t| t.dropped).unwrap_or(0);
+        let mut message = o.message;
+        if let Some(t) = truncation {
+            message = format!(
+                "{message}; output truncated: {} bytes past the {}-byte log cap were dropped",
+                t.dropped, t.offset
+            );
+        }
         let changed = self.state.send_if_modified(|s| {
             if s.phase.is_terminal() {
                 return false;
@@ -271,7 +279,7 @@ impl Run {
             s.phase = o.phase;
             s.exit_code = o.exit_code;
             s.signal = o.signal;
-            s.message = bounded_message(o.message);
+            s.message = bounded_message(message);
             s.outputs = o.outputs;
             s.artifacts = o.artifacts;
             s.log_dropped_bytes = dropped;

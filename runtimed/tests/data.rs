@@ -1,0 +1,223 @@
+//! The data boundaries through the API: outputs, the per-Run log cap with its
+//! in-band marker, the spool budget, tail/since followers and Forget.
+
+mod common;
+
+use common::{Daemon, execute, sh};
+use kruntimes_proto::runtimed::v1 as pb;
+use tonic::Code;
+
+type Client = pb::runtimed_client::RuntimedClient<tonic::transport::Channel>;
+
+async fn logs(
+    c: &mut Client,
+    req: pb::LogsRequest,
+) -> Result<(Vec<u8>, Vec<pb::Truncated>), tonic::Status> {
+    let mut s = c.logs(req).await?.into_inner();
+    let (mut data, mut marks) = (Vec::new(), Vec::new());
+    while let Some(m) = s.message().await? {
+        match m.event {
+            Some(pb::logs_response::Event::Output(o)) => data.extend_from_slice(&o.data),
+            Some(pb::logs_response::Event::Truncated(t)) => marks.push(t),
+            _ => {}
+        }
+    }
+    Ok((data, marks))
+}
+
+fn seq(n: u32) -> Vec<u8> {
+    (1..=n)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_are_parsed_and_bounded() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let ok = execute(
+        &mut c,
+        sh(r#"printf '# results\n\nVERSION=1.2.3\nURL=http://x/?a=b\n' > "$KRUNTIMES_OUTPUTS""#),
+    )
+    .await;
+    let run = ok.run.unwrap();
+    assert_eq!(run.phase, pb::Phase::Succeeded as i32, "{}", run.message);
+    assert_eq!(
+        run.outputs.get("VERSION").map(String::as_str),
+        Some("1.2.3")
+    );
+    assert_eq!(
+        run.outputs.get("URL").map(String::as_str),
+        Some("http://x/?a=b")
+    );
+    assert_eq!(run.outputs.len(), 2);
+
+    let big = execute(
+        &mut c,
+        sh(r#"printf 'BLOB=%09000d\n' 0 > "$KRUNTIMES_OUTPUTS""#),
+    )
+    .await
+    .run
+    .unwrap();
+    assert_eq!(big.phase, pb::Phase::Failed as i32);
+    assert!(
+        big.message.contains("BLOB")
+            && big.message.contains("9000")
+            && big.message.contains("8192"),
+        "{}",
+        big.message
+    );
+    assert!(big.outputs.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_cap_truncates_with_a_marker_and_says_so() {
+    let d = Daemon::start(&["--log-cap-bytes", "1000"]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let mut req = sh("seq 1 10000");
+    req.run_id = "chatty".into();
+    let out = execute(&mut c, req).await;
+    let full = seq(10000);
+    assert!(out.combined == full[..1000]);
+    let mark = out.truncated.expect("in-band truncation marker");
+    assert_eq!(mark.offset, 1000);
+    let run = out.run.unwrap();
+    assert_eq!(run.phase, pb::Phase::Succeeded as i32);
+    assert!(run.log_truncated);
+    assert_eq!(run.log_dropped_bytes, full.len() as u64 - 1000);
+    assert!(
+        run.message.contains("truncated") && run.message.contains("1000"),
+        "{}",
+        run.message
+    );
+
+    let (data, marks) = logs(
+        &mut c,
+        pb::LogsRequest {
+            run_id: "chatty".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(data == full[..1000]);
+    assert_eq!(marks.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_budget_evicts_oldest_finished_first() {
+    let d = Daemon::start(&["--spool-budget-bytes", "100000"]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    for id in ["first", "second", "third"] {
+        let mut req = sh("seq 1 10000"); // 48894 bytes each
+        req.run_id = id.into();
+        execute(&mut c, req).await;
+    }
+    let e = logs(
+        &mut c,
+        pb::LogsRequest {
+            run_id: "first".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .map(|(d, _)| d.len())
+    .expect_err("the oldest spool is evicted");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("evicted"), "{}", e.message());
+    // The Run itself is still known; the newer logs are intact.
+    c.get(pb::GetRequest {
+        run_id: "first".into(),
+    })
+    .await
+    .unwrap();
+    let (data, _) = logs(
+        &mut c,
+        pb::LogsRequest {
+            run_id: "third".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(data == seq(10000));
+    let (data, _) = logs(
+        &mut c,
+        pb::LogsRequest {
+            run_id: "second".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(data.len(), 48894);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_since_and_forget() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let mut req = sh("seq 1 100; echo oops >&2");
+    req.run_id = "t".into();
+    execute(&mut c, req).await;
+    let tail = |n, stream| pb::LogsRequest {
+        run_id: "t".into(),
+        tail_lines: n,
+        stream,
+        ..Default::default()
+    };
+    assert_eq!(
+        logs(&mut c, tail(3, 0)).await.unwrap().0,
+        b"99\n100\noops\n"
+    );
+    assert_eq!(
+        logs(&mut c, tail(2, pb::Stream::Stdout as i32))
+            .await
+            .unwrap()
+            .0,
+        b"99\n100\n"
+    );
+    let later = kruntimes_proto::time::to_timestamp(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+    );
+    let since = pb::LogsRequest {
+        run_id: "t".into(),
+        since: Some(later),
+        ..Default::default()
+    };
+    assert!(logs(&mut c, since).await.unwrap().0.is_empty());
+    let since = pb::LogsRequest {
+        run_id: "t".into(),
+        since: Some(prost_types::Timestamp::default()),
+        ..Default::default()
+    };
+    assert_eq!(logs(&mut c, since).await.unwrap().0.len(), 292 + 5);
+
+    let mut running = sh("sleep 30");
+    running.run_id = "busy".into();
+    running.detach = true;
+    execute(&mut c, running).await;
+    let e = c
+        .forget(pb::ForgetRequest {
+            run_id: "busy".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    c.forget(pb::ForgetRequest { run_id: "t".into() })
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get(pb::GetRequest { run_id: "t".into() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert!(!d.dir.path().join("spool/t.log").exists());
+    assert!(!d.dir.path().join("runs/t.json").exists());
+}
