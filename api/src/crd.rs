@@ -7,6 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::error::GenerateError;
 use crate::limits;
@@ -51,8 +52,26 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, GenerateError> {
         (Workflow::crd(), vec![workflow_name]),
     ]
     .into_iter()
-    .map(|(crd, rules)| without_nullable(with_root_rules(crd, rules)?))
+    .map(|(crd, rules)| without_nullable(with_root_rules(crd, rules)?).and_then(with_schema_hash))
     .collect()
+}
+
+/// Annotation holding the SHA-256 of the CRD spec. Helm never upgrades CRDs from
+/// `crds/`; the platform chart compares this annotation of the installed CRDs with
+/// its own and refuses to install or upgrade over stale ones.
+pub const SCHEMA_HASH_ANNOTATION: &str = "kruntimes.io/schema-hash";
+
+fn with_schema_hash(mut crd: CustomResourceDefinition) -> Result<CustomResourceDefinition, GenerateError> {
+    let bytes = serde_json::to_vec(&crd.spec).map_err(|source| GenerateError::Json {
+        crd: crd.metadata.name.clone().unwrap_or_default(),
+        source,
+    })?;
+    let hash = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    crd.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(SCHEMA_HASH_ANNOTATION.into(), hash);
+    Ok(crd)
 }
 
 /// Drops `nullable: true` (added by kube for `Option` fields): with it, an explicit

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod charts;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
