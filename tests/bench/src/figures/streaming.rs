@@ -1,0 +1,138 @@
+//! Figure 4: stdout streaming throughput. A process writes N bytes (1 GiB by
+//! default) through runtimed to the gRPC client, which counts them, vs the
+//! same command piped into an in-process reader.
+
+use super::{Context, blocking, progress};
+use crate::client::{command, execute};
+use crate::error::{BenchError, Result};
+use crate::report::{Goal, Row, Unit, Value};
+use crate::stats::Samples;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BASELINE: &str = "same command | in-process reader";
+const GOAL: Goal = Goal::RatioAtLeast(0.5);
+const READ_BUFFER: usize = 256 * 1024;
+
+fn figure(bytes: u64) -> String {
+    format!("stdout streaming (head -c {} /dev/zero)", human(bytes))
+}
+
+fn human(bytes: u64) -> String {
+    if bytes % (1 << 30) == 0 {
+        format!("{}GiB", bytes >> 30)
+    } else if bytes % (1 << 20) == 0 {
+        format!("{}MiB", bytes >> 20)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+fn raw_pipe(bytes: u64) -> Result<Duration> {
+    let start = Instant::now();
+    let mut child = Command::new("head")
+        .args(["-c", &bytes.to_string(), "/dev/zero"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::io("spawning head", e))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Unexpected("head has no stdout pipe".into()))?;
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut got = 0u64;
+    loop {
+        let n = stdout
+            .read(&mut buf)
+            .map_err(|e| BenchError::io("reading head's stdout", e))?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    let status = child.wait().map_err(|e| BenchError::io("waiting for head", e))?;
+    let d = start.elapsed();
+    if !status.success() || got != bytes {
+        return Err(BenchError::Unexpected(format!(
+            "raw pipe: head {status}, read {got} of {bytes} bytes"
+        )));
+    }
+    Ok(d)
+}
+
+/// MB/s (10^6 bytes per second) at the p50 and p90 durations.
+fn rate(s: &Samples, bytes: u64) -> Option<Value> {
+    let mbps = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
+    Some(Value {
+        p50: mbps(s.p50()?),
+        p90: Some(mbps(s.p90()?)),
+        unit: Unit::MBps,
+        n: s.len(),
+    })
+}
+
+pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
+    let bytes = ctx.plan.stream_bytes;
+    let name = figure(bytes);
+    if let Err(why) = &ctx.bash_ready {
+        return Ok(vec![Row::unavailable("stream", name, BASELINE, GOAL, why)]);
+    }
+    let counts = ctx.plan.stream;
+    progress(format!(
+        "{name}: {} warm-up + {} iterations, interleaved with the baseline",
+        counts.warmup, counts.iterations
+    ));
+    let mut client = ctx.daemon.client()?;
+    let n = counts.iterations as usize;
+    let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
+    let mut messages = 0u64;
+    let arg = bytes.to_string();
+    for i in 0..counts.warmup + counts.iterations {
+        let r = blocking(move || raw_pipe(bytes)).await?;
+        let start = Instant::now();
+        let out = execute(&mut client, command("bash", &["head", "-c", &arg, "/dev/zero"]), false).await?;
+        let d = start.elapsed();
+        out.require_success("head through runtimed")?;
+        if out.output_bytes != bytes {
+            return Err(BenchError::Unexpected(format!(
+                "streaming: the client received {} bytes, expected {bytes}",
+                out.output_bytes
+            )));
+        }
+        if i >= counts.warmup {
+            raw.push(r);
+            through.push(d);
+            messages = out.output_messages;
+        }
+    }
+    let (Some(m), b) = (rate(&through, bytes), rate(&raw, bytes)) else {
+        return Err(BenchError::Unexpected("no samples".into()));
+    };
+    let note = format!(
+        "{bytes} bytes verified per Run; {messages} Output messages ({:.0} KiB each); \
+         runtimed spools to {}",
+        bytes as f64 / messages.max(1) as f64 / 1024.0,
+        ctx.daemon.scratch().display()
+    );
+    Ok(vec![Row::measured("stream", name, m, BASELINE, b, GOAL).with_note(note)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_use_decimal_megabytes_and_the_slow_tail_for_p90() {
+        let mut s = Samples::default();
+        s.push(Duration::from_secs(1));
+        s.push(Duration::from_secs(2));
+        let v = rate(&s, 1_000_000_000).expect("rate");
+        assert_eq!(v.p50, 1000.0);
+        assert_eq!(v.p90, Some(500.0));
+        assert_eq!(human(1 << 30), "1GiB");
+        assert_eq!(human(256 << 20), "256MiB");
+    }
+}

@@ -1,0 +1,91 @@
+//! Reads process facts from /proc: resident memory and a process's children.
+
+use std::path::Path;
+
+/// VmRSS of `pid` in KiB, or `None` when the process is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix("VmRSS:")?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    rss_kib(pid).map(|k| k as f64 / 1024.0)
+}
+
+/// Parent pid from /proc/<pid>/stat (field 4, after the parenthesised comm,
+/// which may itself contain spaces or parentheses).
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The direct child of `parent` whose executable is `exe`.
+pub fn child_running(parent: u32, exe: &Path) -> Option<u32> {
+    let want = std::fs::canonicalize(exe).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        if ppid(pid)? != parent {
+            return None;
+        }
+        let got = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        (got == want).then_some(pid)
+    })
+}
+
+/// Number of CPUs online, memory, CPU model and kernel, for the report header.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+pub fn memory_gib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .map(|k| k / (1024.0 * 1024.0))
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_rss_and_child_lookup() {
+        let me = std::process::id();
+        let rss = rss_kib(me).unwrap_or(0);
+        assert!(rss > 100, "VmRSS of this test process: {rss} KiB");
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let sleep = std::fs::read_link(format!("/proc/{}/exe", child.id())).expect("exe");
+        let found = child_running(me, &sleep);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, Some(child.id()));
+        assert_eq!(child_running(me, Path::new("/nonexistent")), None);
+    }
+}
