@@ -9,7 +9,7 @@ from kruntimes_runtime.outbuf import OutputBuffer
 
 
 def test_room_shrinks_until_sent() -> None:
-    buf = OutputBuffer(10, "stdout")
+    buf = OutputBuffer(10, "stdout")  # retains the last 5 sent bytes
     assert buf.room() == 10
     buf.append(b"abcdef")
     assert buf.room() == 4
@@ -18,31 +18,36 @@ def test_room_shrinks_until_sent() -> None:
     with pytest.raises(ValueError):
         buf.append(b"k")
     buf.mark_sent(4)
-    assert buf.room() == 4
+    assert buf.room() == 0  # 0..4 may still be in flight to the reader
+    buf.mark_sent(9)
+    assert buf.room() == 4  # 4..9 retained, 0..4 may go
 
 
-def test_eviction_only_of_sent_bytes_and_replay() -> None:
+def test_eviction_keeps_unsent_and_in_flight_bytes() -> None:
     buf = OutputBuffer(10, "stdout")
     buf.append(b"0123456789")
-    buf.mark_sent(6)
-    buf.append(b"ABCD")  # evicts 0123 (sent), keeps 45 (sent, replayable) and 6789 (unsent)
-    assert (buf.start, buf.end) == (4, 14)
-    assert buf.read(4, 100) == b"456789ABCD"
+    buf.mark_sent(10)
+    buf.append(b"ABCDE")  # evicts 01234; 56789 (sent, retained) stay
+    assert (buf.start, buf.end) == (5, 15)
+    assert buf.room() == 0
+    assert buf.read(5, 100) == b"56789ABCDE"
     assert buf.read(6, 3) == b"678"
-    buf.check_offset(4, "stdout_offset")
-    with pytest.raises(OutOfRange, match=r"stdout_offset 3 is older than the oldest stdout byte still buffered \(4"):
-        buf.check_offset(3, "stdout_offset")
-    with pytest.raises(OutOfRange, match=r"stdout_offset 15 is past the end of stdout \(14 bytes so far\)"):
-        buf.check_offset(15, "stdout_offset")
+    buf.check_offset(5, "stdout_offset")
+    with pytest.raises(OutOfRange, match=r"stdout_offset 4 is older than the oldest stdout byte still buffered \(5"):
+        buf.check_offset(4, "stdout_offset")
+    with pytest.raises(OutOfRange, match=r"stdout_offset 16 is past the end of stdout \(15 bytes so far\)"):
+        buf.check_offset(16, "stdout_offset")
 
 
 def test_rewind_makes_bytes_unsent_again() -> None:
     buf = OutputBuffer(8, "stderr")
     buf.append(b"abcdefgh")
     buf.mark_sent(8)
-    assert buf.room() == 8
+    assert buf.room() == 4
     buf.rewind(2)
-    assert buf.room() == 2  # a re-attach from 2 must receive 2..8 before more is read
+    assert buf.room() == 0  # a re-attach from 2 must receive 2..8 before more is read
+    buf.rewind(6)
+    assert buf.room() == 2
     with pytest.raises(OutOfRange):
         buf.rewind(9)
 

@@ -1,7 +1,8 @@
 """What a child forked by the zygote does: become the execution's process.
 
-It starts its own session, takes the stdio pipes, enters the working directory,
-sets the environment and closes every other descriptor; then it either execs a
+Forked ahead of need (a spare), it starts its own session and closes every
+descriptor it does not need; handed a plan, it takes the stdio pipes, enters
+the working directory and sets the environment; then it either execs a
 program or runs Python in-process exactly as `python3 -c/-m/FILE` would (argv,
 sys.path[0], __main__, exit codes, tracebacks, flushing, KeyboardInterrupt).
 
@@ -28,6 +29,7 @@ from importlib.machinery import BuiltinImporter, SourceFileLoader
 from importlib.util import MAGIC_NUMBER
 from typing import Any, NoReturn
 
+from . import zygote_wire
 from .stdio import PreparedStdio
 
 # Exit status when setup or exec fails (as shells use for "cannot execute").
@@ -39,30 +41,47 @@ _SIGCHLD, _SIGTERM, _SIGINT = int(signal.SIGCHLD), int(signal.SIGTERM), int(sign
 _SIGPIPE, _SIGXFSZ = int(signal.SIGPIPE), int(signal.SIGXFSZ)
 
 
-def run(
-    plan: dict[str, Any],
-    out_fd: int,
-    err_fd: int,
-    status_fd: int,
-    ctrl: socket.socket,
-    stdio: PreparedStdio,
-) -> NoReturn:
-    """Entry point in the forked child; never returns."""
+def spare(ctrl: socket.socket, handoff: socket.socket, stdio: PreparedStdio) -> NoReturn:
+    """A child forked ahead of need. It does the setup that does not depend on
+    the execution (session, descriptors, signal dispositions) right away, then
+    waits for the zygote to hand it a plan and its stdio pipes: a Start then
+    costs no fork and no setup on its path. EOF (the zygote going away, or
+    retiring it) ends it quietly."""
     try:
-        # The zygote's socket object must not close an fd number the user's
-        # code may reuse later: detach it, closerange closes the real fd.
+        # The zygote's socket objects must not close fd numbers the user's
+        # code may reuse later: detach them, closerange closes the real fds.
         ctrl.detach()
+        keep = handoff.fileno()
         signal.set_wakeup_fd(-1)
         os.setsid()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+        received = zygote_wire.recv_blocking(handoff)
+        handoff.close()
+    except (OSError, zygote_wire.WireError):
+        os._exit(0)
+    if received is None:
+        os._exit(0)
+    msg, fds = received
+    if len(fds) not in (2, 3):
+        os._exit(SETUP_FAILED)
+    status_fd = fds[2] if len(fds) == 3 else -1
+    if status_fd >= 0:
+        # SCM_RIGHTS delivers descriptors without close-on-exec; this one must
+        # close at exec so the zygote sees EOF exactly when the exec succeeded.
+        os.set_inheritable(status_fd, False)
+    run(msg["plan"], fds[0], fds[1], status_fd, stdio)
+
+
+def run(plan: dict[str, Any], out_fd: int, err_fd: int, status_fd: int, stdio: PreparedStdio) -> NoReturn:
+    """Become the execution's process (never returns)."""
+    try:
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
-        if status_fd >= 0:
-            os.closerange(3, status_fd)
-            os.closerange(status_fd + 1, 1 << 20)
-        else:
-            os.closerange(3, 1 << 20)
+        os.close(out_fd)
+        os.close(err_fd)
         os.chdir(plan["cwd"])
     except OSError as e:
         _fail(status_fd, "setup", f"cannot set up the process (cwd {plan['cwd']!r}): {e}")

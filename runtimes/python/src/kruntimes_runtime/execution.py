@@ -49,6 +49,7 @@ class Execution:
         buffer_bytes: int,
         send_signal: SignalSender,
         script_dir: str | None = None,
+        on_finished: Callable[[Execution], None] | None = None,
     ) -> None:
         self._loop = loop
         self.spec = spec
@@ -61,6 +62,7 @@ class Execution:
             PipeReader(loop, err_fd, self.stderr, self._changed),
         )
         self._send_signal = send_signal
+        self._on_finished = on_finished
         self.pid = 0
         self.started_ns = time.time_ns()
         self.leader: dict[str, Any] | None = None
@@ -211,6 +213,8 @@ class Execution:
         self.exit = exit_msg
         self._event.set()
         self._finished.set()
+        if self._on_finished is not None:
+            self._on_finished(self)
 
     def _describe(self) -> str:
         report = self.leader or {}

@@ -1,15 +1,21 @@
 """A bounded per-stream output buffer with byte offsets.
 
 It holds the stream's bytes [start, end). Bytes at or past `sent` have not yet
-been handed to a reader and are never evicted; bytes below it are kept for
-replay (a re-Attach from an older offset) until new output needs their room.
-`room()` is how much may be read from the child's pipe now: when it is 0 the
-server stops reading and the child blocks on its full pipe (back-pressure).
+been handed to a reader and are never evicted. Of the bytes already handed
+over, the last `retain` (half the capacity, at most RETAIN_MAX) are never
+evicted either: they may still be in flight (gRPC and HTTP/2 buffers, the
+client's window) when the reader dies, and its re-Attach from its last offset
+must find them. Older sent bytes are kept for replay until new output needs
+their room. `room()` is how much may be read from the child's pipe now: when it
+is 0 the server stops reading and the child blocks on its full pipe.
 """
 
 from __future__ import annotations
 
 from .errors import OutOfRange
+
+# runtimed's per-stream HTTP/2 window is 1 MiB; add room for gRPC's own buffers.
+RETAIN_MAX = 2 << 20
 
 
 class OutputBuffer:
@@ -21,12 +27,17 @@ class OutputBuffer:
         self.start = 0
         self.end = 0
         self.sent = 0
+        self.retain = min(capacity // 2, RETAIN_MAX)
         # bytearray: deleting a prefix is amortized O(1) in CPython.
         self._data = bytearray()
 
+    def _floor(self) -> int:
+        """Bytes at or past this offset must stay."""
+        return max(self.start, self.sent - self.retain)
+
     def room(self) -> int:
-        """Bytes that may be appended without dropping unsent output."""
-        return self.capacity - (self.end - self.sent)
+        """Bytes that may be appended without dropping unsent or in-flight output."""
+        return self.capacity - (self.end - self._floor())
 
     def unsent(self) -> int:
         return self.end - self.sent
@@ -38,7 +49,7 @@ class OutputBuffer:
         self.end += len(data)
         overflow = (self.end - self.start) - self.capacity
         if overflow > 0:
-            # Only already-sent bytes go: room() guarantees overflow <= sent - start.
+            # Only old sent bytes go: room() guarantees start + overflow <= floor.
             del self._data[:overflow]
             self.start += overflow
 

@@ -52,6 +52,7 @@ class Runtime:
         self.env = dict(os.environ if env is None else env)
         self.executions: dict[str, Execution] = {}
         self._starting: set[str] = set()
+        self._running: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reaper: ChildReaper | None = None
         self.zygote: ZygoteClient | None = None
@@ -127,7 +128,7 @@ class Runtime:
     def _reserve(self, execution_id: str) -> None:
         if execution_id in self.executions or execution_id in self._starting:
             raise AlreadyExists(f"execution {execution_id!r} already exists (Forget it first)")
-        running = len(self._starting) + sum(1 for e in self.executions.values() if e.running)
+        running = len(self._starting) + len(self._running)
         if self.config.max_executions and running >= self.config.max_executions:
             raise ResourceExhausted(
                 f"{running} executions are running, the limit is {self.config.max_executions} (--max-executions)"
@@ -139,31 +140,57 @@ class Runtime:
             )
 
     async def start_execution(self, spec: StartSpec) -> Execution:
-        """Start an execution. Shielded: a Start whose caller went away still
-        completes and registers the execution, so no process runs untracked."""
-        return await asyncio.shield(asyncio.ensure_future(self._start(spec)))
-
-    async def _start(self, spec: StartSpec) -> Execution:
-        loop = self._loop
-        assert loop is not None
+        """Start an execution: prepared and sent to the zygote synchronously,
+        then its pid awaited. If the caller goes away meanwhile, the execution
+        is still registered when the pid arrives, so no process runs untracked."""
         zygote = self.zygote
         if zygote is None or not zygote.alive:
             reason = zygote.lost_reason if zygote is not None else "not started"
             raise Unavailable(f"the python runtime's zygote is not running ({reason}); it is being restarted")
         self._reserve(spec.execution_id)
         self._starting.add(spec.execution_id)
-        fds: list[int] = []
         execution: Execution | None = None
-        script_dir: str | None = None
         try:
-            exec_dir = self._execution_dir(spec.execution_id)
-            cwd = self._working_dir(exec_dir, spec.working_dir)
-            script_path = None
-            if isinstance(spec.program, ScriptProgram):
-                script_dir, script_path = self._write_script(spec.execution_id, spec.program)
-            plan = build_plan(
-                spec, cwd=cwd, base_env=self.env, zygote_env=zygote.env, script_path=script_path
-            )
+            execution, plan, fds = self._prepare(spec, zygote)
+            started_ns = time.time_ns()
+            future = zygote.spawn(spec.execution_id, plan, fds, execution.on_leader_exit)
+        except BaseException:
+            self._abandon(spec.execution_id, execution)
+            raise
+        prepared = execution
+
+        def settle(done: asyncio.Future[int]) -> None:
+            self._starting.discard(spec.execution_id)
+            if done.cancelled() or done.exception() is not None:
+                self._abandon(spec.execution_id, prepared)
+                return
+            self.executions[spec.execution_id] = prepared
+            if prepared.running:
+                self._running.add(spec.execution_id)
+            prepared.begin(done.result(), started_ns)
+
+        future.add_done_callback(settle)
+        try:
+            await asyncio.shield(future)
+        except SpawnFailed as e:
+            raise FailedPrecondition(e.message) from None
+        except ZygoteLost as e:
+            raise Unavailable(f"the python runtime's zygote died while starting the execution ({e})") from None
+        return execution
+
+    def _prepare(self, spec: StartSpec, zygote: ZygoteClient) -> tuple[Execution, dict[str, Any], list[int]]:
+        """Directories, script, plan and pipes; returns the execution (owning the
+        read ends), the plan and the write ends for the child."""
+        loop = self._loop
+        assert loop is not None
+        exec_dir = self._execution_dir(spec.execution_id)
+        cwd = self._working_dir(exec_dir, spec.working_dir)
+        script_dir = script_path = None
+        if isinstance(spec.program, ScriptProgram):
+            script_dir, script_path = self._write_script(spec.execution_id, spec.program)
+        fds: list[int] = []
+        try:
+            plan = build_plan(spec, cwd=cwd, base_env=self.env, zygote_env=zygote.env, script_path=script_path)
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             fds += [out_r, out_w]
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -171,29 +198,29 @@ class Runtime:
             os.set_blocking(out_r, False)
             os.set_blocking(err_r, False)
             execution = Execution(
-                loop, spec, out_r, err_r, self.config.buffer_bytes, self._signal, script_dir=script_dir
+                loop,
+                spec,
+                out_r,
+                err_r,
+                self.config.buffer_bytes,
+                self._signal,
+                script_dir=script_dir,
+                on_finished=lambda e: self._running.discard(e.id),
             )
-            fds = [out_w, err_w]  # the read ends now belong to the execution
-            started_ns = time.time_ns()
-            try:
-                pid = await zygote.spawn(spec.execution_id, plan, [out_w, err_w], execution.on_leader_exit)
-            except SpawnFailed as e:
-                raise FailedPrecondition(e.message) from None
-            except ZygoteLost as e:
-                raise Unavailable(f"the python runtime's zygote died while starting the execution ({e})") from None
-            execution.begin(pid, started_ns)
-            self.executions[spec.execution_id] = execution
-            return execution
         except BaseException:
-            if execution is not None:
-                execution.dispose()
+            for fd in fds:
+                os.close(fd)
             if script_dir is not None:
                 shutil.rmtree(script_dir, ignore_errors=True)
             raise
-        finally:
-            self._starting.discard(spec.execution_id)
-            for fd in fds:
-                os.close(fd)
+        return execution, plan, [out_w, err_w]
+
+    def _abandon(self, execution_id: str, execution: Execution | None) -> None:
+        self._starting.discard(execution_id)
+        if execution is not None:
+            execution.dispose()
+            if execution.script_dir is not None:
+                shutil.rmtree(execution.script_dir, ignore_errors=True)
 
     def _signal(self, pid: int, sig: int) -> None:
         zygote = self.zygote

@@ -72,6 +72,9 @@ async def serve(config: ServerConfig) -> None:
         await runtime.stop(0)
         raise
     await server.start()
+    # Remembered so shutdown removes only our own socket file, not one a
+    # successor server has bound at the same path meanwhile.
+    socket_id = _file_id(config.listen.unix_path) if config.listen.unix_path else None
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     # A single line runtimed and tests can wait for.
@@ -87,9 +90,18 @@ async def serve(config: ServerConfig) -> None:
     stopping = asyncio.ensure_future(server.stop(grace=config.shutdown_grace_ms / 1000 + 3))
     await runtime.stop(config.shutdown_grace_ms)
     await stopping
-    if config.listen.unix_path is not None:
-        try:
-            os.unlink(config.listen.unix_path)
-        except FileNotFoundError:
-            pass
+    if config.listen.unix_path is not None and socket_id is not None:
+        if _file_id(config.listen.unix_path) == socket_id:
+            try:
+                os.unlink(config.listen.unix_path)
+            except FileNotFoundError:
+                pass
     log.info("stopped")
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)

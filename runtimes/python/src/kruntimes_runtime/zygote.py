@@ -3,8 +3,9 @@
 The server starts it (exec of the resolved interpreter, `-c` importing this
 module) with one end of a Unix socket pair. It imports the preloaded modules,
 freezes the GC (children then neither copy nor rescan the zygote's heap), and
-serves requests: spawn (fork a child with the stdio pipe fds received via
-SCM_RIGHTS), signal (to a live execution's process group), ping, shutdown.
+serves requests: spawn (hand a plan and the stdio pipe fds, received via
+SCM_RIGHTS, to a spare child forked ahead of need, then fork the next spare),
+signal (to a live execution's process group), ping, shutdown.
 
 It is a child subreaper and reaps everything below it. When a leader exits, the
 rest of its process group is SIGKILLed while the leader is still an unreaped
@@ -38,6 +39,8 @@ class Zygote:
         self.sock = sock
         # Leader pid -> execution id, for live (unreaped) leaders.
         self.leaders: dict[int, str] = {}
+        # A child forked ahead of need, and the socket that hands it work.
+        self.spare: tuple[int, socket.socket] | None = None
         self.stdio = PreparedStdio.prepare()
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_w = wake_w
@@ -94,67 +97,90 @@ class Zygote:
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
-            self.send({"op": "spawn_failed", "tag": tag, "kind": "setup", "message": f"expected 2 fds, got {len(fds)}"})
+            self.fail(tag, "setup", f"expected 2 fds, got {len(fds)}")
             return
-        out_fd, err_fd = fds
         plan = msg["plan"]
         # An exec is waited for (EOF when it succeeds, a report when it fails)
         # so Start can fail with the reason. The in-process Python path cannot
         # fail that way; not waiting for the child keeps Start fast.
-        if plan["kind"] != "exec":
-            self.spawn_python(tag, msg, out_fd, err_fd)
-            return
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        status_r = -1
+        if plan["kind"] == "exec":
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(status_w)
         try:
-            pid = os.fork()
+            pid = self.hand_off(plan, fds)
         except OSError as e:
-            for fd in (out_fd, err_fd, status_r, status_w):
+            if status_r >= 0:
+                os.close(status_r)
+            self.fail(tag, "setup", f"cannot start a child: {e}")
+            return
+        finally:
+            for fd in fds:
                 os.close(fd)
-            self.send({"op": "spawn_failed", "tag": tag, "kind": "setup", "message": f"fork failed: {e}"})
-            return
-        if pid == 0:
-            try:
-                child.run(msg["plan"], out_fd, err_fd, status_w, self.sock, self.stdio)
-            finally:
-                os._exit(child.SETUP_FAILED)
-        for fd in (out_fd, err_fd, status_w):
-            os.close(fd)
-        # EOF once the child execs or starts the user's Python; bytes on failure.
-        report = bytearray()
-        while True:
-            try:
-                data = os.read(status_r, 65536)
-            except InterruptedError:  # pragma: no cover - PEP 475 retries
-                continue
-            if not data:
-                break
-            report += data
-        os.close(status_r)
-        if report:
-            os.waitpid(pid, 0)
-            kind, _, message = report.decode("utf-8", "replace").partition("\n")
-            self.send({"op": "spawn_failed", "tag": tag, "kind": kind, "message": message})
-            return
+        if status_r >= 0:
+            report = self.read_status(status_r)
+            if report:
+                os.waitpid(pid, 0)
+                kind, _, message = report.decode("utf-8", "replace").partition("\n")
+                self.fail(tag, kind, message)
+                self.ensure_spare()
+                return
         self.leaders[pid] = msg.get("id", "")
         self.send({"op": "spawned", "tag": tag, "pid": pid})
+        # The next spare is forked off the Start's path.
+        self.ensure_spare()
 
-    def spawn_python(self, tag: Any, msg: dict[str, Any], out_fd: int, err_fd: int) -> None:
+    def fail(self, tag: Any, kind: str, message: str) -> None:
+        self.send({"op": "spawn_failed", "tag": tag, "kind": kind, "message": message})
+
+    @staticmethod
+    def read_status(status_r: int) -> bytes:
+        """EOF once the child execs; bytes when it failed."""
+        report = bytearray()
+        try:
+            while data := os.read(status_r, 65536):
+                report += data
+        finally:
+            os.close(status_r)
+        return bytes(report)
+
+    def hand_off(self, plan: dict[str, Any], fds: list[int]) -> int:
+        """Give the plan and pipes to the spare; returns its pid. A spare that
+        died meanwhile is replaced once."""
+        for attempt in (0, 1):
+            if self.spare is None:
+                self.ensure_spare()
+            assert self.spare is not None
+            pid, handoff = self.spare
+            self.spare = None
+            try:
+                zygote_wire.send_blocking(handoff, {"plan": plan}, fds)
+                return pid
+            except OSError:
+                if attempt:
+                    raise
+            finally:
+                handoff.close()
+        raise AssertionError("unreachable")
+
+    def ensure_spare(self) -> None:
+        if self.spare is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
-        except OSError as e:
-            os.close(out_fd)
-            os.close(err_fd)
-            self.send({"op": "spawn_failed", "tag": tag, "kind": "setup", "message": f"fork failed: {e}"})
-            return
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
             try:
-                child.run(msg["plan"], out_fd, err_fd, -1, self.sock, self.stdio)
+                ours.detach()
+                child.spare(self.sock, theirs, self.stdio)
             finally:
                 os._exit(child.SETUP_FAILED)
-        os.close(out_fd)
-        os.close(err_fd)
-        self.leaders[pid] = msg.get("id", "")
-        self.send({"op": "spawned", "tag": tag, "pid": pid})
+        theirs.close()
+        self.spare = (pid, ours)
 
     def signal_group(self, pid: int, sig: int) -> None:
         # Only while the leader is unreaped does its pid still name its group.
@@ -173,6 +199,9 @@ class Zygote:
             if info is None or info.si_pid == 0:
                 return
             pid = info.si_pid
+            if self.spare is not None and self.spare[0] == pid:
+                self.spare[1].close()  # it died idle: fork another when needed
+                self.spare = None
             leader = pid in self.leaders
             if leader:
                 # The zombie leader keeps the group id reserved: kill the rest.
@@ -194,6 +223,11 @@ class Zygote:
         """Kill every execution's group and reap the leaders (no reports: the
         server is going away or already gone)."""
         leaders, self.leaders = list(self.leaders), {}
+        if self.spare is not None:
+            pid, handoff = self.spare
+            self.spare = None
+            handoff.close()  # EOF: the spare exits
+            leaders.append(pid)
         for pid in leaders:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -231,6 +265,7 @@ def main(fd: int, modules: list[str]) -> None:
     # and do not dirty (copy) their pages.
     gc.collect()
     gc.freeze()
+    zygote.ensure_spare()
     zygote.send(
         {
             "op": "hello",

@@ -64,9 +64,10 @@ class ZygoteClient:
         self._pending: dict[int, tuple[asyncio.Future[Any], ExitHandler | None]] = {}
         self._exit_handlers: dict[int, ExitHandler] = {}
         self._send_lock = asyncio.Lock()
+        # Sends not yet fully written: later ones must queue behind them.
+        self._queued = 0
         self._hello_future: asyncio.Future[dict[str, Any]] | None = None
         self._exited: asyncio.Future[int] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
     @property
@@ -124,27 +125,40 @@ class ZygoteClient:
             f"; preload errors: {self.preload_errors}" if self.preload_errors else "",
         )
 
-    async def spawn(self, execution_id: str, plan: dict[str, Any], fds: list[int], on_exit: ExitHandler) -> int:
-        """Fork a child for `plan`; returns its pid. `on_exit` gets the exit
-        report; it is registered before any report for the pid can arrive."""
-        loop = self._require_alive()
+    def spawn(self, execution_id: str, plan: dict[str, Any], fds: list[int], on_exit: ExitHandler) -> asyncio.Future[int]:
+        """Ask the zygote for a child running `plan`; the future gives its pid.
+        Takes ownership of `fds` (closed once sent). `on_exit` gets the exit
+        report; it is registered before any report for the pid can arrive.
+        Sent synchronously when the channel is idle (no loop round trip)."""
+        try:
+            loop = self._require_alive()
+        except ZygoteLost:
+            _close_all(fds)
+            raise
         tag = next(self._tags)
         future: asyncio.Future[int] = loop.create_future()
         self._pending[tag] = (future, on_exit)
-        try:
-            await self._send({"op": "spawn", "tag": tag, "id": execution_id, "plan": plan}, fds)
-        except BaseException:
-            self._pending.pop(tag, None)
-            raise
-        return await future
+        sent = self._send({"op": "spawn", "tag": tag, "id": execution_id, "plan": plan}, fds)
+
+        def check(done: asyncio.Future[None]) -> None:
+            error = done.exception() if not done.cancelled() else ZygoteLost("send cancelled")
+            if error is not None:
+                self._pending.pop(tag, None)
+                if not future.done():
+                    future.set_exception(error)
+
+        sent.add_done_callback(check)
+        return future
 
     def signal_group(self, pid: int, sig: int) -> None:
         """Signal a live execution's process group (fire and forget)."""
         if not self.alive:
             return
-        task = asyncio.ensure_future(self._send_quietly({"op": "signal", "pid": pid, "sig": int(sig)}))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        try:
+            sent = self._send({"op": "signal", "pid": pid, "sig": int(sig)})
+        except ZygoteLost:
+            return
+        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def ping(self, timeout: float) -> int:
         """Round trip to the zygote; returns how many executions it tracks."""
@@ -183,33 +197,61 @@ class ZygoteClient:
             raise ZygoteLost(self.lost_reason)
         return self._loop
 
-    async def _send_quietly(self, msg: dict[str, Any]) -> None:
+    def _send(self, msg: dict[str, Any], fds: list[int] | None = None) -> asyncio.Future[None]:
+        """Send a message (owning and then closing `fds`). Done at once when
+        the socket takes it whole and nothing is queued; otherwise the rest
+        goes out from a task, in order. Raises ZygoteLost if the zygote is gone."""
+        fds = fds or []
         try:
-            await self._send(msg)
-        except ZygoteLost:
-            pass
-
-    async def _send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-        header, body = zygote_wire.encode(msg)
-        anc = zygote_wire.ancillary(fds or [])
-        async with self._send_lock:
-            sock = self._sock
-            loop = self._loop
-            if not self.alive or sock is None or loop is None:
-                raise ZygoteLost(self.lost_reason)
-            data = header + body
+            loop = self._require_alive()
+            header, body = zygote_wire.encode(msg)
+        except BaseException:
+            _close_all(fds)
+            raise
+        data = header + body
+        anc = zygote_wire.ancillary(fds)
+        if self._queued == 0 and self._sock is not None:
             try:
-                while True:
-                    try:
-                        sent = sock.sendmsg([data], anc)
-                        break
-                    except BlockingIOError:
-                        await self._writable(loop, sock)
-                if sent < len(data):
-                    await loop.sock_sendall(sock, data[sent:])
+                sent = self._sock.sendmsg([data], anc)
+            except BlockingIOError:
+                sent = 0
             except OSError as e:
+                _close_all(fds)
                 self._lose(f"control socket write failed: {e}")
                 raise ZygoteLost(self.lost_reason) from None
+            if sent:
+                _close_all(fds)  # the descriptors went with the first byte
+                fds, anc = [], []
+                data = data[sent:]
+            if not data:
+                done: asyncio.Future[None] = loop.create_future()
+                done.set_result(None)
+                return done
+        self._queued += 1
+        return asyncio.ensure_future(self._send_rest(data, anc, fds))
+
+    async def _send_rest(self, data: bytes, anc: list[tuple[int, int, bytes]], fds: list[int]) -> None:
+        try:
+            async with self._send_lock:
+                sock, loop = self._sock, self._loop
+                if not self.alive or sock is None or loop is None:
+                    raise ZygoteLost(self.lost_reason)
+                try:
+                    while anc:
+                        try:
+                            sent = sock.sendmsg([data], anc)
+                            anc = []
+                            data = data[sent:]
+                        except BlockingIOError:
+                            await self._writable(loop, sock)
+                    if data:
+                        await loop.sock_sendall(sock, data)
+                except OSError as e:
+                    self._lose(f"control socket write failed: {e}")
+                    raise ZygoteLost(self.lost_reason) from None
+        finally:
+            self._queued -= 1
+            _close_all(fds)
 
     @staticmethod
     async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -282,7 +324,7 @@ class ZygoteClient:
         self._detach_socket()
         exited = self._exited
         if exited is None or exited.done():
-            self._lose(reason)
+            self._lose(f"{reason}; zygote {self._status_text()}")
             return
         loop = self._loop
         assert loop is not None
@@ -342,3 +384,11 @@ class ZygoteClient:
         if reason != "stopped":
             log.error("python zygote lost: %s", reason)
         self._on_lost(reason, list(handlers))
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
