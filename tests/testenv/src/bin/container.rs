@@ -2,7 +2,7 @@
 //! `kruntimes.test/container`). Subcommands:
 //! - `serve --listen ADDR [--reply TEXT] [--term-file PATH]`: answers every TCP
 //!   connection with an HTTP 200 whose body is TEXT (default: $HOSTNAME); on
-//!   SIGTERM appends "SIGTERM <pid>" to PATH and exits 0.
+//!   SIGTERM appends "SIGTERM <host pid>" to PATH and exits 0.
 //! - `fetch URL`: HTTP GET (plain http, host resolved via /etc/hosts), prints the body.
 //! - `api`: in-cluster kube client (env + projected token), prints the server version.
 //! - `exit CODE`: exits with CODE.
@@ -69,7 +69,12 @@ async fn run(cli: Cli) -> Result<i32, Box<dyn std::error::Error>> {
                     _ = term.recv() => {
                         if let Some(path) = &term_file {
                             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-                            writeln!(f, "SIGTERM {}", std::process::id())?;
+                            // Our pid is 1 in the container's PID namespace; /proc is
+                            // the host's, so /proc/self names the host pid.
+                            let host_pid = std::fs::read_link("/proc/self")
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_else(|_| std::process::id().to_string());
+                            writeln!(f, "SIGTERM {host_pid}")?;
                         }
                         eprintln!("SIGTERM received, exiting");
                         return Ok(0);

@@ -202,21 +202,22 @@ impl Kubelet {
         })
     }
 
-    /// The log of a container's current (latest) run.
-    pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Result<String> {
-        let entry = self
-            .shared
-            .directory
-            .by_name(namespace, pod)
-            .ok_or_else(|| {
-                Error::Other(format!("pod {namespace}/{pod} is not running on this node"))
-            })?;
-        let dir = self
-            .shared
-            .pods_dir
-            .join(&entry.uid)
-            .join("logs")
-            .join(container);
+    /// The log of a container's latest run (kept until the Pod is deleted).
+    pub async fn container_log(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<String> {
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), namespace);
+        let uid = api
+            .get(pod)
+            .await
+            .map_err(|e| Error::kube(format!("reading pod {namespace}/{pod}"), e))?
+            .metadata
+            .uid
+            .unwrap_or_default();
+        let dir = self.shared.pods_dir.join(&uid).join("logs").join(container);
         let latest = std::fs::read_dir(&dir)
             .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
             .flatten()

@@ -404,7 +404,7 @@ impl PodWorker {
             // Terminal: stop sidecars and release the sandbox, as the kubelet does.
             self.stop_all(Duration::from_secs(grace_period(&self.pod) as u64))
                 .await;
-            self.release().await;
+            self.release(false).await;
         }
         self.patch_status().await;
     }
@@ -1205,21 +1205,23 @@ impl PodWorker {
         }
     }
 
-    /// Drops the sandbox, forwarders and on-disk state.
-    async fn release(&mut self) {
-        if self.released {
-            return;
+    /// Drops the sandbox and forwarders; with `remove_files` also the Pod's
+    /// directory (volumes, logs). Logs of a finished Pod stay until it is deleted.
+    async fn release(&mut self, remove_files: bool) {
+        if !self.released {
+            self.released = true;
+            self.shared.network.detach(&self.uid).await;
+            self.shared.directory.remove(&self.uid);
+            for c in self.init.iter_mut().chain(self.containers.iter_mut()) {
+                c.mount_ns = None;
+            }
+            self.sandbox = None;
+            self.volumes = None;
         }
-        self.released = true;
-        self.shared.network.detach(&self.uid).await;
-        self.shared.directory.remove(&self.uid);
-        for c in self.init.iter_mut().chain(self.containers.iter_mut()) {
-            c.mount_ns = None;
+        if remove_files {
+            let dir = self.pod_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         }
-        self.sandbox = None;
-        self.volumes = None;
-        let dir = self.pod_dir.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     }
 
     async fn terminate(&mut self, shutdown: bool) {
@@ -1230,13 +1232,13 @@ impl PodWorker {
         };
         self.stop_all(grace).await;
         if shutdown {
-            self.release().await;
+            self.release(true).await;
             return;
         }
         if !self.api_deleted {
             self.patch_status().await;
         }
-        self.release().await;
+        self.release(true).await;
         if !self.api_deleted {
             let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &self.namespace);
             let dp = DeleteParams {

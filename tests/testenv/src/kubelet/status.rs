@@ -275,12 +275,10 @@ impl PodView<'_> {
                 })
             })
             .collect();
-        // `$patch: replace` makes the lists exactly ours (a container's state
-        // moving from running to waiting must not keep both).
+        // Container status lists are atomic in the API (a patch replaces them
+        // whole), so a container's state cannot keep stale entries.
         let statuses = |list: &[ContainerView]| -> Value {
-            let mut items: Vec<Value> = vec![json!({"$patch": "replace"})];
-            items.extend(list.iter().map(container_status));
-            Value::Array(items)
+            Value::Array(list.iter().map(container_status).collect())
         };
         let mut status = json!({
             "phase": self.phase(),
