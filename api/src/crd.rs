@@ -61,7 +61,9 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, GenerateError> {
 /// its own and refuses to install or upgrade over stale ones.
 pub const SCHEMA_HASH_ANNOTATION: &str = "kruntimes.io/schema-hash";
 
-fn with_schema_hash(mut crd: CustomResourceDefinition) -> Result<CustomResourceDefinition, GenerateError> {
+fn with_schema_hash(
+    mut crd: CustomResourceDefinition,
+) -> Result<CustomResourceDefinition, GenerateError> {
     let bytes = serde_json::to_vec(&crd.spec).map_err(|source| GenerateError::Json {
         crd: crd.metadata.name.clone().unwrap_or_default(),
         source,

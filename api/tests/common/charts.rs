@@ -34,7 +34,13 @@ pub fn helm(args: &[&str]) -> (bool, String, String) {
 
 /// `helm template` of a chart; panics with helm's stderr on failure.
 pub fn render(chart: &str, namespace: &str, extra: &[&str]) -> String {
-    let mut args = vec!["template", "release-under-test", chart, "--namespace", namespace];
+    let mut args = vec![
+        "template",
+        "release-under-test",
+        chart,
+        "--namespace",
+        namespace,
+    ];
     args.extend_from_slice(extra);
     let (ok, stdout, stderr) = helm(&args);
     assert!(ok, "helm {}: {stderr}", args.join(" "));
@@ -59,12 +65,21 @@ pub fn read_yaml(path: &Path) -> Value {
 /// Leaves of a values tree as (dotted path, value). Empty maps and lists are leaves.
 pub fn leaves(value: &Value) -> Vec<(String, Value)> {
     fn walk(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
-        let join = |k: &str| if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
-        match v {
-            Value::Object(map) if !map.is_empty() => map.iter().for_each(|(k, c)| walk(&join(k), c, out)),
-            Value::Array(items) if !items.is_empty() => {
-                items.iter().enumerate().for_each(|(i, c)| walk(&join(&i.to_string()), c, out))
+        let join = |k: &str| {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
             }
+        };
+        match v {
+            Value::Object(map) if !map.is_empty() => {
+                map.iter().for_each(|(k, c)| walk(&join(k), c, out))
+            }
+            Value::Array(items) if !items.is_empty() => items
+                .iter()
+                .enumerate()
+                .for_each(|(i, c)| walk(&join(&i.to_string()), c, out)),
             _ => out.push((prefix.to_string(), v.clone())),
         }
     }
