@@ -52,11 +52,6 @@ impl StreamBuffer {
     }
 
     #[cfg(test)]
-    pub fn cursor(&self) -> u64 {
-        self.cursor
-    }
-
-    #[cfg(test)]
     /// Bytes held in memory.
     pub fn held(&self) -> usize {
         self.data.len()
