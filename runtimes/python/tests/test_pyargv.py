@@ -16,7 +16,10 @@ from kruntimes_runtime.pyargv import PythonInvocation, is_this_interpreter, pars
         (["python3", "-c", "x", "a", "-b"], PythonInvocation("c", "x", ["-c", "a", "-b"])),
         (["python3", "-cprint(2)", "z"], PythonInvocation("c", "print(2)", ["-c", "z"])),
         (["python3", "-uc", "x"], PythonInvocation("c", "x", ["-c"], unbuffered=True)),
-        (["python3", "-u", "-B", "-c", "x"], PythonInvocation("c", "x", ["-c"], unbuffered=True, dont_write_bytecode=True)),
+        (
+            ["python3", "-u", "-B", "-c", "x"],
+            PythonInvocation("c", "x", ["-c"], unbuffered=True, dont_write_bytecode=True),
+        ),
         (["python3", "-m", "json.tool", "f"], PythonInvocation("m", "json.tool", ["-m", "f"])),
         (["python3", "-mjson.tool"], PythonInvocation("m", "json.tool", ["-m"])),
         (["python3", "-P", "-m", "mod"], PythonInvocation("m", "mod", ["-m"], safe_path=True)),

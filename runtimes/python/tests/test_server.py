@@ -14,8 +14,6 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from kruntimes_runtime.proto import pb
 from support import (
     Server,
     descendants,
@@ -25,6 +23,8 @@ from support import (
     start_server,
     zombies_under,
 )
+
+from kruntimes_runtime.proto import pb
 
 
 def rpc_error(call: object, *args: object, **kw: object) -> grpc.RpcError:
@@ -72,15 +72,16 @@ def test_env_precedence(server: Server) -> None:
         env={"HOME": "/run-home", "KRT_X": "x y"},
     )
     assert r.stdout == b"/run-home|x y|set\n"
-    r = server.run(argv=["python3", "-c", "import os; print(os.environ['KRT_X'], os.environ['HOME'])"], env={"KRT_X": "1", "HOME": "/h"})
+    r = server.run(
+        argv=["python3", "-c", "import os; print(os.environ['KRT_X'], os.environ['HOME'])"],
+        env={"KRT_X": "1", "HOME": "/h"},
+    )
     assert r.stdout == b"1 /h\n"
 
 
 def test_working_directory(server: Server) -> None:
     eid = new_id("wd")
-    r = server.stub.Start(
-        pb.StartRequest(execution_id=eid, command=pb.Command(argv=["pwd"]), working_dir="a/b")
-    )
+    r = server.stub.Start(pb.StartRequest(execution_id=eid, command=pb.Command(argv=["pwd"]), working_dir="a/b"))
     assert r.pid > 0
     res = server.attach(eid)
     assert res.stdout.decode().strip() == str(server.workspace.resolve() / eid / "a" / "b")
@@ -131,9 +132,7 @@ def test_module_and_file_invocations(server: Server) -> None:
     assert r.stdout == b"['x'] __main__\n"
     assert r.code == 1
     # The traceback is python3's, runpy frames included, none of the server's.
-    cold = subprocess.run(
-        [sys.executable, "-m", "pkg.tool", "x"], cwd=d, capture_output=True, stdin=subprocess.DEVNULL
-    )
+    cold = subprocess.run([sys.executable, "-m", "pkg.tool", "x"], cwd=d, capture_output=True, stdin=subprocess.DEVNULL)
     assert r.stderr == cold.stderr
     eid2 = new_id("file")
     (server.workspace / eid2).mkdir()
@@ -374,6 +373,9 @@ def test_zygote_death_fails_inflight_and_recovers(fresh_server: Server) -> None:
         return hs.ready
 
     eventually(recovered, "zygote restarted")
+    health = health_pb2_grpc.HealthStub(srv.channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    eventually(lambda: health.Check(health_pb2.HealthCheckRequest()).status == serving, "serving again")
     assert srv.zygote_pid() != zygote
     assert srv.run(argv=["python3", "-c", "print(2)"]).stdout == b"2\n"
     eventually(lambda: zombies_under(srv.pid) == [], "no zombies after the zygote died")

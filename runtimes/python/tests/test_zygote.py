@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import children, proc_stat, zombies_under
 
 from kruntimes_runtime.plan import build_plan
 from kruntimes_runtime.reaper import ChildReaper
 from kruntimes_runtime.validation import CommandProgram, StartSpec
 from kruntimes_runtime.zygote_client import SpawnFailed, ZygoteClient
-from support import children, proc_stat, zombies_under
 
 ENV = dict(os.environ)
 
@@ -207,7 +207,6 @@ def test_preload_and_zygote_death(tmp_path: Path) -> None:
         assert out == b"True\n"
         assert h.zygote.hello["preloaded"] == ["json"]
         # A running execution when the zygote dies: the client reports the loss.
-        loop = asyncio.get_running_loop()
         spec = StartSpec("d", CommandProgram(["sleep", "300"]), {})
         plan = build_plan(spec, cwd=str(tmp_path), base_env=ENV, zygote_env=ENV, script_path=None)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -236,7 +235,9 @@ def test_python_semantics_match_cold(tmp_path: Path) -> None:
         "import sys; sys.stdout.write('a'); sys.stderr.write('b'); raise SystemExit('bye')",
         "def f():\n    raise ValueError('x')\nf()",
         "import atexit; atexit.register(print, 'at exit'); print('main')",
-        "import threading, time\nt = threading.Thread(target=lambda: (time.sleep(0.2), print('thread')))\nt.start()\nprint('main')",
+        "import threading, time\n"
+        "t = threading.Thread(target=lambda: (time.sleep(0.2), print('thread')))\n"
+        "t.start()\nprint('main')",
         "f = open('unclosed.txt', 'w'); f.write('data')",
         "input()",
     ]

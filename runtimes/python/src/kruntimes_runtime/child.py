@@ -13,6 +13,7 @@ it forks: the fork path imports nothing.
 
 from __future__ import annotations
 
+import _signal
 import atexit
 import builtins
 import errno
@@ -23,8 +24,6 @@ import signal
 import socket
 import sys
 import zipimport
-
-import _signal
 from importlib.machinery import BuiltinImporter, SourceFileLoader
 from importlib.util import MAGIC_NUMBER
 from typing import Any, NoReturn

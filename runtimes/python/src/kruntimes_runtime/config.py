@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m kruntimes_runtime",
         description="kruntimes python Runtime Server (warm zygote, one fork per execution)",
     )
-    p.add_argument("--listen", default=env("KRUNTIMES_LISTEN"), help="unix:/path or 127.0.0.1:PORT (env KRUNTIMES_LISTEN)")
+    p.add_argument(
+        "--listen", default=env("KRUNTIMES_LISTEN"), help="unix:/path or 127.0.0.1:PORT (env KRUNTIMES_LISTEN)"
+    )
     p.add_argument("--workspace", default=env("KRUNTIMES_WORKSPACE"), help="workspace root (env KRUNTIMES_WORKSPACE)")
     p.add_argument(
         "--max-executions",

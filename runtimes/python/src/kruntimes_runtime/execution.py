@@ -278,7 +278,7 @@ class Execution:
             (self.stderr, self._readers[1], pb.STREAM_STDERR),
         )
         positions = [stdout_offset, stderr_offset]
-        for (buf, reader, _), pos in zip(streams, positions):
+        for (buf, reader, _), pos in zip(streams, positions, strict=True):
             buf.rewind(pos)
             reader.resume()
         return self._attach_events(gen, streams, positions)

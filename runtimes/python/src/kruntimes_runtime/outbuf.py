@@ -61,9 +61,7 @@ class OutputBuffer:
                 f"buffered ({self.start}; the buffer holds the last {self.capacity} bytes)"
             )
         if offset > self.end:
-            raise OutOfRange(
-                f"{field} {offset} is past the end of {self.name} ({self.end} bytes so far)"
-            )
+            raise OutOfRange(f"{field} {offset} is past the end of {self.name} ({self.end} bytes so far)")
 
     def read(self, offset: int, limit: int) -> bytes:
         """Up to `limit` bytes from `offset` (start <= offset <= end)."""

@@ -53,9 +53,7 @@ def generate(proto_root: Path, out: Path) -> None:
             shutil.copy(gen / "runtime_pb2.py", staging / "runtime_pb2.py")
             grpc_src = (gen / "runtime_pb2_grpc.py").read_text()
             # Make the generated import package-relative.
-            grpc_src = grpc_src.replace(
-                "from kruntimes.runtime.v1 import runtime_pb2", "from . import runtime_pb2"
-            )
+            grpc_src = grpc_src.replace("from kruntimes.runtime.v1 import runtime_pb2", "from . import runtime_pb2")
             (staging / "runtime_pb2_grpc.py").write_text(grpc_src)
             (staging / "__init__.py").write_text(
                 '"""Generated Runtime Server protocol stubs (do not edit, git-ignored)."""\n'

@@ -53,9 +53,7 @@ def is_this_interpreter(argv0: str, executable: str = sys.executable) -> bool:
     bindir = os.path.dirname(executable)
     if os.path.dirname(path) != bindir:
         return False
-    return os.path.basename(path) in interpreter_names(executable) | {
-        os.path.basename(executable)
-    }
+    return os.path.basename(path) in interpreter_names(executable) | {os.path.basename(executable)}
 
 
 def parse_python_argv(argv: list[str]) -> PythonInvocation | None:

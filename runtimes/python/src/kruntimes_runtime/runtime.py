@@ -12,6 +12,7 @@ import shutil
 import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,8 @@ class Runtime:
         self._restart_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.zygote_restarts = 0
+        # Told False when the zygote is lost and True once it is back (health).
+        self.on_ready_change: Callable[[bool], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -80,6 +83,8 @@ class Runtime:
                 execution.lose(f"the python runtime's zygote died ({reason})")
         if self._stopping or (self._restart_task is not None and not self._restart_task.done()):
             return
+        if self.on_ready_change is not None:
+            self.on_ready_change(False)
         self._restart_task = asyncio.ensure_future(self._restart_zygote())
 
     async def _restart_zygote(self) -> None:
@@ -96,6 +101,8 @@ class Runtime:
                 continue
             self.zygote_restarts += 1
             log.warning("zygote restarted (restart #%d)", self.zygote_restarts)
+            if self.on_ready_change is not None:
+                self.on_ready_change(True)
             return
 
     async def stop(self, grace_ms: int = 2000) -> None:
@@ -258,7 +265,9 @@ class Runtime:
                 continue
             if stat.S_ISLNK(st.st_mode):
                 raise InvalidArgument(
-                    "working_dir", working_dir, f"component {part!r} is a symlink; it must stay inside the execution directory"
+                    "working_dir",
+                    working_dir,
+                    f"component {part!r} is a symlink; it must stay inside the execution directory",
                 )
             if not stat.S_ISDIR(st.st_mode):
                 raise FailedPrecondition(f"working directory component {path!r} exists and is not a directory")
@@ -290,7 +299,9 @@ class Runtime:
     def forget(self, execution_id: str) -> None:
         execution = self.get(execution_id)
         if execution.running:
-            raise FailedPrecondition(f"execution {execution_id!r} is still running; Cancel it and wait for its exit first")
+            raise FailedPrecondition(
+                f"execution {execution_id!r} is still running; Cancel it and wait for its exit first"
+            )
         del self.executions[execution_id]
         execution.dispose()
         if execution.script_dir is not None:
@@ -341,4 +352,3 @@ class Runtime:
             workspace_root=self.root,
             max_executions=self.config.max_executions,
         )
-

@@ -75,8 +75,22 @@ async def serve(config: ServerConfig) -> None:
     # Remembered so shutdown removes only our own socket file, not one a
     # successor server has bound at the same path meanwhile.
     socket_id = _file_id(config.listen.unix_path) if config.listen.unix_path else None
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def set_health(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, status)
+
+    await set_health(True)
+    health_tasks: set[asyncio.Task[None]] = set()
+
+    def on_ready_change(ready: bool) -> None:
+        task = asyncio.ensure_future(set_health(ready))
+        health_tasks.add(task)
+        task.add_done_callback(health_tasks.discard)
+
+    # While the zygote is being restarted the server cannot run work.
+    runtime.on_ready_change = on_ready_change
     # A single line runtimed and tests can wait for.
     print(f"kruntimes-python-runtime listening on {address}", file=sys.stderr, flush=True)
     log.info("workspace %s, max executions %d", runtime.root, config.runtime.max_executions)

@@ -52,9 +52,7 @@ class RuntimeService(pb_grpc.RuntimeServerServicer):
         async def call() -> None:
             validate_execution_id(request.execution_id)
             execution = self.runtime.get(request.execution_id)
-            events: AsyncIterator[Any] = await execution.attach(
-                request.stdout_offset, request.stderr_offset
-            )
+            events: AsyncIterator[Any] = await execution.attach(request.stdout_offset, request.stderr_offset)
             async for event in events:
                 await context.write(event)
 

@@ -45,9 +45,7 @@ def validate_execution_id(value: str, name: str = "execution_id") -> str:
         raise InvalidArgument(name, value, "must not be empty")
     size = len(value.encode())
     if size > limits.EXECUTION_ID_MAX:
-        raise InvalidArgument(
-            name, value, f"is {size} bytes, the limit is {limits.EXECUTION_ID_MAX}"
-        )
+        raise InvalidArgument(name, value, f"is {size} bytes, the limit is {limits.EXECUTION_ID_MAX}")
     if not limits.EXECUTION_ID_RE.fullmatch(value):
         raise InvalidArgument(name, value, "may contain only [A-Za-z0-9._-]")
     if value.startswith("."):
@@ -76,15 +74,11 @@ def validate_working_dir(value: str) -> str:
     name = "working_dir"
     size = len(value.encode())
     if size > limits.WORKING_DIR_MAX_BYTES:
-        raise InvalidArgument(
-            name, value, f"is {size} bytes, the limit is {limits.WORKING_DIR_MAX_BYTES}"
-        )
+        raise InvalidArgument(name, value, f"is {size} bytes, the limit is {limits.WORKING_DIR_MAX_BYTES}")
     if "\0" in value:
         raise InvalidArgument(name, value, "contains a NUL byte")
     if value.startswith("/"):
-        raise InvalidArgument(
-            name, value, "must be relative to the execution directory, not absolute"
-        )
+        raise InvalidArgument(name, value, "must be relative to the execution directory, not absolute")
     parts = [p for p in value.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise InvalidArgument(name, value, "must not contain '..'")
@@ -97,9 +91,7 @@ def validate_filename(value: str) -> str:
         return "script"
     size = len(value.encode())
     if size > limits.FILENAME_MAX_BYTES:
-        raise InvalidArgument(
-            name, value, f"is {size} bytes, the limit is {limits.FILENAME_MAX_BYTES}"
-        )
+        raise InvalidArgument(name, value, f"is {size} bytes, the limit is {limits.FILENAME_MAX_BYTES}")
     if "/" in value or "\0" in value or value in (".", ".."):
         raise InvalidArgument(name, value, "must be a single path component")
     return value
@@ -173,8 +165,6 @@ def validate_start(req: object) -> StartSpec:
     working_dir = validate_working_dir(req.working_dir)  # type: ignore[attr-defined]
     timeout_ms = int(req.timeout_ms)  # type: ignore[attr-defined]
     if timeout_ms > limits.TIMEOUT_MAX_MS:
-        raise InvalidArgument(
-            "timeout_ms", timeout_ms, f"exceeds the limit of {limits.TIMEOUT_MAX_MS} ms"
-        )
+        raise InvalidArgument("timeout_ms", timeout_ms, f"exceeds the limit of {limits.TIMEOUT_MAX_MS} ms")
     grace_ms = validate_grace(int(req.grace_period_ms), "grace_period_ms")  # type: ignore[attr-defined]
     return StartSpec(execution_id, program, env, working_dir, timeout_ms, grace_ms)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import runpy  # noqa: F401 - children use it for -m: imported before any fork
 import select
 import signal
 import socket
@@ -28,10 +29,6 @@ from typing import Any
 from . import child, zygote_wire
 from .stdio import PreparedStdio
 from .subreaper import become_subreaper
-
-# Modules the children use, imported before any fork (a cold python3 would
-# import most of them at start-up too).
-import runpy  # noqa: F401  (used by children for -m)
 
 
 class Zygote:

@@ -125,7 +125,9 @@ class ZygoteClient:
             f"; preload errors: {self.preload_errors}" if self.preload_errors else "",
         )
 
-    def spawn(self, execution_id: str, plan: dict[str, Any], fds: list[int], on_exit: ExitHandler) -> asyncio.Future[int]:
+    def spawn(
+        self, execution_id: str, plan: dict[str, Any], fds: list[int], on_exit: ExitHandler
+    ) -> asyncio.Future[int]:
         """Ask the zygote for a child running `plan`; the future gives its pid.
         Takes ownership of `fds` (closed once sent). `on_exit` gets the exit
         report; it is registered before any report for the pid can arrive.
