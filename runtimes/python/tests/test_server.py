@@ -436,3 +436,23 @@ def test_tcp_loopback(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+def test_pipe_held_by_escaped_process_is_abandoned(server: Server) -> None:
+    """A process that left the group keeps the pipes open: Exited still comes
+    (bounded wait) and says why; the process is not the execution any more."""
+    code = (
+        "import subprocess\n"
+        "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"  # returns once exec'd
+        "print(p.pid)\n"
+        "raise SystemExit(5)\n"
+    )
+    r = server.run(argv=["python3", "-c", code])
+    escaped = int(r.stdout.split()[0])
+    try:
+        assert r.code == 5
+        assert "output pipes were still open" in r.exit.message, r.exit.message
+        assert _alive(escaped)
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+    eventually(lambda: zombies_under(server.pid) == [] and not _alive(escaped), "escaped sleeper reaped")
