@@ -59,6 +59,28 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         grace: Option<Duration>,
     },
+    /// List a Run's artifacts, or download one (verified, resumable).
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArtifactsCommand {
+    /// Name, kind, size, digest and content type of each artifact.
+    List {
+        run_id: String,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Download one artifact into PATH.part, resuming an earlier partial
+    /// download, and rename it to PATH once its sha256 matches.
+    Download {
+        run_id: String,
+        name: String,
+        /// Destination file, or a directory to put NAME in [default: ./NAME].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

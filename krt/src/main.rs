@@ -1,6 +1,7 @@
 //! `krt`: the kruntimes command line. Talks to a runtimed directly (`--addr`),
 //! or starts a private one for a single local Run (`krt local`).
 
+mod artifacts;
 mod cli;
 mod client;
 mod error;
@@ -10,7 +11,7 @@ mod output;
 mod run;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::{ArtifactsCommand, Cli, Command};
 use std::process::ExitCode;
 
 #[tokio::main(flavor = "current_thread")]
@@ -24,6 +25,14 @@ async fn main() -> ExitCode {
         Command::List { output } => run::list(&cli.addr, output).await,
         Command::Wait { run_id, timeout } => run::wait(&cli.addr, &run_id, timeout).await,
         Command::Cancel { run_id, grace } => run::cancel(&cli.addr, &run_id, grace).await,
+        Command::Artifacts(ArtifactsCommand::List { run_id, output }) => {
+            artifacts::list(&cli.addr, &run_id, output).await
+        }
+        Command::Artifacts(ArtifactsCommand::Download {
+            run_id,
+            name,
+            output,
+        }) => artifacts::download(&cli.addr, &run_id, &name, output.as_deref()).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),
