@@ -129,7 +129,10 @@ impl Args {
         let figures = if self.only.is_empty() {
             ALL.to_vec()
         } else {
-            ALL.iter().copied().filter(|f| self.only.contains(f)).collect()
+            ALL.iter()
+                .copied()
+                .filter(|f| self.only.contains(f))
+                .collect()
         };
         Plan {
             figures,
@@ -154,10 +157,22 @@ mod tests {
     fn defaults_and_quick() {
         let p = Args::parse_from(["b"]).plan();
         assert_eq!(p.figures, ALL.to_vec());
-        assert_eq!(p.bash, Counts { warmup: 30, iterations: 300 });
+        assert_eq!(
+            p.bash,
+            Counts {
+                warmup: 30,
+                iterations: 300
+            }
+        );
         assert_eq!(p.stream_bytes, 1 << 30);
         let q = Args::parse_from(["b", "--quick"]).plan();
-        assert_eq!(q.stream, Counts { warmup: 0, iterations: 1 });
+        assert_eq!(
+            q.stream,
+            Counts {
+                warmup: 0,
+                iterations: 1
+            }
+        );
         assert!(q.bash.iterations < p.bash.iterations);
     }
 
@@ -173,7 +188,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("--bash-iterations") && e.contains("1..=100000"), "{e}");
+        assert!(
+            e.contains("--bash-iterations") && e.contains("1..=100000"),
+            "{e}"
+        );
         let e = Args::try_parse_from(["b", "--stream-bytes", "99999999999999"])
             .err()
             .map(|e| e.to_string())

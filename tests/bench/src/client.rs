@@ -46,7 +46,11 @@ impl Outcome {
 }
 
 /// Executes `req` and consumes its events up to and including Exited.
-pub async fn execute(c: &mut Client, req: pb::ExecuteRequest, keep_stdout: bool) -> Result<Outcome> {
+pub async fn execute(
+    c: &mut Client,
+    req: pb::ExecuteRequest,
+    keep_stdout: bool,
+) -> Result<Outcome> {
     let mut stream = c
         .execute(req)
         .await

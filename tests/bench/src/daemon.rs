@@ -157,7 +157,11 @@ impl Daemon {
     }
 
     /// Waits until runtime `name` passed its handshake; otherwise says why not.
-    pub async fn wait_runtime(&self, name: &str, timeout: Duration) -> std::result::Result<(), String> {
+    pub async fn wait_runtime(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
         let start = Instant::now();
         let service = format!("runtime/{name}");
         while start.elapsed() < timeout {

@@ -55,12 +55,16 @@ mod tests {
             Ok(p) => {
                 assert!(p.is_absolute(), "{}", p.display());
                 assert!(has_module(&p, "sys").is_ok());
-                let e = has_module(&p, "no_such_module_kruntimes").err().unwrap_or_default();
+                let e = has_module(&p, "no_such_module_kruntimes")
+                    .err()
+                    .unwrap_or_default();
                 assert!(e.contains("no_such_module_kruntimes"), "{e}");
             }
             Err(e) => assert!(e.contains("python3"), "{e}"),
         }
-        let e = resolve(Path::new("/nonexistent/python")).err().unwrap_or_default();
+        let e = resolve(Path::new("/nonexistent/python"))
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("/nonexistent/python"), "{e}");
     }
 }

@@ -4,7 +4,8 @@ use crate::procfs;
 use crate::report::Machine;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub fn describe() -> Machine {
+/// The machine now; `loadavg_start` is what procfs::loadavg gave at the start.
+pub fn describe(loadavg_start: Option<[f64; 3]>) -> Machine {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -19,6 +20,8 @@ pub fn describe() -> Machine {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into()),
         memory_gib: procfs::memory_gib(),
+        loadavg_start,
+        loadavg_end: procfs::loadavg(),
     }
 }
 

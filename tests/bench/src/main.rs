@@ -42,6 +42,7 @@ fn require(path: &Path) -> Result<()> {
 
 async fn bench(args: cli::Args) -> Result<report::Report> {
     let plan = args.plan();
+    let loadavg_start = procfs::loadavg();
     let runtimed = match &args.runtimed {
         Some(p) => p.clone(),
         None => sibling("runtimed")?,
@@ -49,7 +50,10 @@ async fn bench(args: cli::Args) -> Result<report::Report> {
     require(&runtimed)?;
     require(&runtimed.with_file_name("kruntimes-bash-runtime"))?;
 
-    let asked = args.python.clone().unwrap_or_else(|| PathBuf::from("python3"));
+    let asked = args
+        .python
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("python3"));
     let python = interpreter::resolve(&asked);
     // The python runtime needs the kruntimes_runtime package in that interpreter.
     let runtime_python = python
@@ -100,7 +104,7 @@ async fn bench(args: cli::Args) -> Result<report::Report> {
     }
     let python = ctx.python.as_ref().ok().map(|p| p.display().to_string());
     Ok(report::Report::new(
-        machine::describe(),
+        machine::describe(loadavg_start),
         runtimed.display().to_string(),
         python,
         rows,

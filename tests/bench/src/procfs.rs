@@ -19,6 +19,26 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     rss_kib(pid).map(|k| k as f64 / 1024.0)
 }
 
+/// CPU time (user + system) `pid` has used so far, in milliseconds, counting
+/// threads that already exited. /proc reports it in USER_HZ ticks, which the
+/// Linux ABI fixes at 100 per second.
+pub fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    // After the comm: state is field 3, utime field 14, stime field 15.
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 * 10.0)
+}
+
+/// Load averages (1, 5, 15 min) from /proc/loadavg.
+pub fn loadavg() -> Option<[f64; 3]> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = s.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
 /// Parent pid from /proc/<pid>/stat (field 4, after the parenthesised comm,
 /// which may itself contain spaces or parentheses).
 fn ppid(pid: u32) -> Option<u32> {
@@ -45,8 +65,11 @@ pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }
@@ -87,5 +110,23 @@ mod tests {
         let _ = child.wait();
         assert_eq!(found, Some(child.id()));
         assert_eq!(child_running(me, Path::new("/nonexistent")), None);
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        // Spin until the counter moves (the machine may be busy, so no fixed
+        // wall-clock budget is assumed beyond a generous bound).
+        let me = std::process::id();
+        let before = cpu_ms(me).expect("cpu");
+        let start = std::time::Instant::now();
+        let mut after = before;
+        while after - before < 50.0 && start.elapsed() < std::time::Duration::from_secs(120) {
+            for i in 0..1_000_000u64 {
+                std::hint::black_box(i);
+            }
+            after = cpu_ms(me).expect("cpu");
+        }
+        assert!(after - before >= 50.0, "{before} -> {after}");
+        assert!(loadavg().is_some());
     }
 }

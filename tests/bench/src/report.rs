@@ -219,6 +219,10 @@ pub struct Machine {
     pub cpu_model: String,
     pub kernel: String,
     pub memory_gib: f64,
+    /// 1/5/15-minute load averages when the bench started and ended: the
+    /// machine is shared, so read wall-clock figures in their light.
+    pub loadavg_start: Option<[f64; 3]>,
+    pub loadavg_end: Option<[f64; 3]>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,7 +235,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(machine: Machine, runtimed: String, python: Option<String>, rows: Vec<Row>) -> Report {
+    pub fn new(
+        machine: Machine,
+        runtimed: String,
+        python: Option<String>,
+        rows: Vec<Row>,
+    ) -> Report {
         let missed = rows.iter().filter(|r| r.missed()).map(|r| r.id).collect();
         Report {
             machine,
@@ -248,7 +257,14 @@ impl Report {
 
     pub fn to_table(&self) -> String {
         let header = [
-            "#", "figure", "measured p50", "baseline", "baseline p50", "ratio", "goal", "result",
+            "#",
+            "figure",
+            "measured p50",
+            "baseline",
+            "baseline p50",
+            "ratio",
+            "goal",
+            "result",
         ];
         let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
         for (i, r) in self.rows.iter().enumerate() {
@@ -258,21 +274,36 @@ impl Report {
                 r.measured.map(|v| v.render()).unwrap_or_else(|| "-".into()),
                 r.baseline_name.clone(),
                 r.baseline.map(|v| v.render()).unwrap_or_else(|| "-".into()),
-                r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+                r.ratio
+                    .map(|x| format!("{x:.2}x"))
+                    .unwrap_or_else(|| "-".into()),
                 r.goal.render(r.measured.map(|m| m.unit)),
                 r.verdict.render().into(),
             ]);
         }
         let widths: Vec<usize> = (0..header.len())
-            .map(|c| cells.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                cells
+                    .iter()
+                    .map(|row| row[c].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
+        let load = |l: Option<[f64; 3]>| match l {
+            Some([a, b, c]) => format!("{a:.2} {b:.2} {c:.2}"),
+            None => "unknown".into(),
+        };
         let mut out = format!(
-            "kruntimes bench, {} UTC, {} CPUs ({}), kernel {}, {:.0} GiB RAM\n\n",
+            "kruntimes bench, {} UTC, {} CPUs ({}), kernel {}, {:.0} GiB RAM\n\
+             load average at start {}, at end {}\n\n",
             self.machine.date_utc,
             self.machine.cpus,
             self.machine.cpu_model,
             self.machine.kernel,
-            self.machine.memory_gib
+            self.machine.memory_gib,
+            load(self.machine.loadavg_start),
+            load(self.machine.loadavg_end)
         );
         for (i, row) in cells.iter().enumerate() {
             let line: Vec<String> = row
@@ -362,6 +393,8 @@ mod tests {
             cpu_model: "cpu".into(),
             kernel: "6".into(),
             memory_gib: 24.0,
+            loadavg_start: None,
+            loadavg_end: Some([1.0, 2.0, 3.0]),
         };
         let rows = vec![
             Row::measured(
@@ -372,7 +405,13 @@ mod tests {
                 Some(Value::ms(1.0, 1.0, 10)),
                 Goal::RatioAtMost(1.5),
             ),
-            Row::unavailable("jupyter", "vs Jupyter", "kernel", Goal::RatioBelow(1.0), "no ipykernel"),
+            Row::unavailable(
+                "jupyter",
+                "vs Jupyter",
+                "kernel",
+                Goal::RatioBelow(1.0),
+                "no ipykernel",
+            ),
         ];
         let report = Report::new(machine, "runtimed".into(), None, rows);
         assert_eq!(report.missed, vec!["bash_run"]);
@@ -381,5 +420,6 @@ mod tests {
         assert!(t.contains("GOALS MISSED (1): bash Run"), "{t}");
         assert!(t.contains("unavailable: no ipykernel"), "{t}");
         assert!(t.contains("3.00x"), "{t}");
+        assert!(t.contains("at start unknown, at end 1.00 2.00 3.00"), "{t}");
     }
 }

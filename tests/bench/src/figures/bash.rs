@@ -2,7 +2,7 @@
 //! Execute until Exited, vs the raw limit: spawn + wait of the same command
 //! from an in-process loop.
 
-use super::{Context, blocking, progress};
+use super::{Context, CpuMeter, blocking, progress};
 use crate::client::{command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row, Value};
@@ -36,7 +36,9 @@ pub fn value(s: &Samples) -> Option<Value> {
 
 pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     if let Err(why) = &ctx.bash_ready {
-        return Ok(vec![Row::unavailable("bash_run", FIGURE, BASELINE, GOAL, why)]);
+        return Ok(vec![Row::unavailable(
+            "bash_run", FIGURE, BASELINE, GOAL, why,
+        )]);
     }
     let counts = ctx.plan.bash;
     progress(format!(
@@ -46,6 +48,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let mut client = ctx.daemon.client()?;
     let n = counts.iterations as usize;
     let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
+    let cpu = CpuMeter::start(&ctx.daemon);
     for i in 0..counts.warmup + counts.iterations {
         let r = blocking(spawn_wait).await?;
         let start = Instant::now();
@@ -60,5 +63,8 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let (Some(m), b) = (value(&through), value(&raw)) else {
         return Err(BenchError::Unexpected("no samples".into()));
     };
-    Ok(vec![Row::measured("bash_run", FIGURE, m, BASELINE, b, GOAL)])
+    let note = cpu.note(counts.warmup + counts.iterations);
+    Ok(vec![
+        Row::measured("bash_run", FIGURE, m, BASELINE, b, GOAL).with_note(note),
+    ])
 }

@@ -4,7 +4,7 @@
 //! the Output messages the client got: runtimed must coalesce the writes.
 
 use super::bash::value;
-use super::{Context, blocking, progress};
+use super::{Context, CpuMeter, blocking, progress};
 use crate::client::{command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row};
@@ -35,7 +35,9 @@ fn to_dev_null(python: PathBuf) -> Result<Duration> {
         .map_err(|e| BenchError::io(format!("spawning {}", python.display()), e))?;
     let d = start.elapsed();
     if !status.success() {
-        return Err(BenchError::Unexpected(format!("chatty child > /dev/null: {status}")));
+        return Err(BenchError::Unexpected(format!(
+            "chatty child > /dev/null: {status}"
+        )));
     }
     Ok(d)
 }
@@ -44,7 +46,9 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let python = match (&ctx.python, &ctx.bash_ready) {
         (Ok(p), Ok(())) => p.clone(),
         (Err(why), _) | (_, Err(why)) => {
-            return Ok(vec![Row::unavailable("chatty", FIGURE, BASELINE, GOAL, why)]);
+            return Ok(vec![Row::unavailable(
+                "chatty", FIGURE, BASELINE, GOAL, why,
+            )]);
         }
     };
     let counts = ctx.plan.chatty;
@@ -58,11 +62,17 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let n = counts.iterations as usize;
     let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
     let mut messages = Vec::with_capacity(n);
+    let cpu = CpuMeter::start(&ctx.daemon);
     for i in 0..counts.warmup + counts.iterations {
         let p = python.clone();
         let r = blocking(move || to_dev_null(p)).await?;
         let start = Instant::now();
-        let out = execute(&mut client, command("bash", &[&py, "-u", "-c", PROGRAM]), false).await?;
+        let out = execute(
+            &mut client,
+            command("bash", &[&py, "-u", "-c", PROGRAM]),
+            false,
+        )
+        .await?;
         let d = start.elapsed();
         out.require_success("chatty child through runtimed")?;
         if out.output_bytes != want {
@@ -89,7 +99,11 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
         messages[messages.len() - 1],
         want as f64 / median.max(1) as f64
     );
-    Ok(vec![Row::measured("chatty", FIGURE, m, BASELINE, b, GOAL).with_note(note)])
+    Ok(vec![
+        Row::measured("chatty", FIGURE, m, BASELINE, b, GOAL)
+            .with_note(note)
+            .with_note(cpu.note(counts.warmup + counts.iterations)),
+    ])
 }
 
 #[cfg(test)]

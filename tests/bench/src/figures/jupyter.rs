@@ -28,8 +28,7 @@ pub async fn measure(
     scratch: &Path,
 ) -> Result<(Summary, String), String> {
     let script = scratch.join("jupyter_kernel.py");
-    std::fs::write(&script, HELPER)
-        .map_err(|e| format!("writing {}: {e}", script.display()))?;
+    std::fs::write(&script, HELPER).map_err(|e| format!("writing {}: {e}", script.display()))?;
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(&script)
         .args(["--iterations", &counts.iterations.to_string()])
@@ -40,7 +39,12 @@ pub async fn measure(
     let limit = Duration::from_secs(120 + u64::from(counts.warmup + counts.iterations));
     let out = tokio::time::timeout(limit, cmd.output())
         .await
-        .map_err(|_| format!("the Jupyter helper did not finish within {}s", limit.as_secs()))?
+        .map_err(|_| {
+            format!(
+                "the Jupyter helper did not finish within {}s",
+                limit.as_secs()
+            )
+        })?
         .map_err(|e| format!("cannot run {} {}: {e}", python.display(), script.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or("");
@@ -63,7 +67,9 @@ pub async fn measure(
                 parsed.jupyter_client.unwrap_or_default()
             ),
         )),
-        _ => Err(format!("the Jupyter helper's result lacks p50/p90/n: {last}")),
+        _ => Err(format!(
+            "the Jupyter helper's result lacks p50/p90/n: {last}"
+        )),
     }
 }
 

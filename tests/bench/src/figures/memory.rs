@@ -17,7 +17,8 @@ const SAMPLES: u32 = 5;
 
 /// The largest VmRSS of `pid` over a short window, or why it cannot be read.
 async fn sample(pid: Option<u32>, what: &str) -> Result<f64> {
-    let pid = pid.ok_or_else(|| BenchError::Unexpected(format!("cannot find the {what} process")))?;
+    let pid =
+        pid.ok_or_else(|| BenchError::Unexpected(format!("cannot find the {what} process")))?;
     let mut max: Option<f64> = None;
     for _ in 0..SAMPLES {
         let v = rss_mib(pid)
@@ -43,7 +44,9 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
             why,
         )]);
     }
-    progress(format!("memory: idle, then with {active} detached `sleep 30` Runs"));
+    progress(format!(
+        "memory: idle, then with {active} detached `sleep 30` Runs"
+    ));
     let runtimed = Some(ctx.daemon.pid());
     let bash = ctx.daemon.bash_server_pid();
     tokio::time::sleep(SETTLE).await;

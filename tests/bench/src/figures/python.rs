@@ -4,7 +4,7 @@
 //! resolved interpreter, and vs a Jupyter kernel executing `print(1)`.
 
 use super::bash::value;
-use super::{Context, blocking, jupyter, progress};
+use super::{Context, CpuMeter, blocking, jupyter, progress};
 use crate::client::{Client, command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row, Value};
@@ -58,7 +58,9 @@ async fn warm_path_note(client: &mut Client) -> Result<String> {
     let out = execute(client, probe, true).await?;
     out.require_success("warm-path probe")?;
     Ok(match out.stdout.as_slice() {
-        b"True\n" => "warm path confirmed (the Run's sys.modules holds the zygote's imports)".into(),
+        b"True\n" => {
+            "warm path confirmed (the Run's sys.modules holds the zygote's imports)".into()
+        }
         other => format!(
             "NOT the warm path: the probe printed {:?}",
             String::from_utf8_lossy(other)
@@ -85,8 +87,20 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
         Ok(p) => p.clone(),
         Err(why) => {
             return Ok(vec![
-                Row::unavailable("python_run_vs_cold", FIGURE_COLD, BASELINE_COLD, GOAL_COLD, why),
-                Row::unavailable("python_run_vs_jupyter", FIGURE_JUPYTER, BASELINE_JUPYTER, GOAL_JUPYTER, why),
+                Row::unavailable(
+                    "python_run_vs_cold",
+                    FIGURE_COLD,
+                    BASELINE_COLD,
+                    GOAL_COLD,
+                    why,
+                ),
+                Row::unavailable(
+                    "python_run_vs_jupyter",
+                    FIGURE_JUPYTER,
+                    BASELINE_JUPYTER,
+                    GOAL_JUPYTER,
+                    why,
+                ),
             ]);
         }
     };
@@ -106,6 +120,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     ));
     let n = counts.iterations as usize;
     let (mut warm, mut cold_s) = (Samples::with_capacity(n), Samples::with_capacity(n));
+    let cpu = CpuMeter::start(&ctx.daemon);
     for i in 0..counts.warmup + counts.iterations {
         let p = python.clone();
         let c = blocking(move || cold(p)).await?;
@@ -121,6 +136,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
             }
         }
     }
+    let runtimed_cpu = cpu.runtimed_note(counts.warmup + counts.iterations);
     progress(format!(
         "{BASELINE_JUPYTER}: {} warm-up + {} iterations",
         counts.warmup, counts.iterations
@@ -136,9 +152,17 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let rows = match (&ctx.python_ready, value(&warm)) {
         (Ok(()), Some(m)) => {
             let note = warm_note.unwrap_or_default();
-            let vs_cold = Row::measured("python_run_vs_cold", FIGURE_COLD, m, BASELINE_COLD, cold_v, GOAL_COLD)
-                .with_note(note)
-                .with_note(&interp);
+            let vs_cold = Row::measured(
+                "python_run_vs_cold",
+                FIGURE_COLD,
+                m,
+                BASELINE_COLD,
+                cold_v,
+                GOAL_COLD,
+            )
+            .with_note(note)
+            .with_note(runtimed_cpu)
+            .with_note(&interp);
             let vs_jupyter = match &kernel {
                 Ok((_, versions)) => Row::measured(
                     "python_run_vs_jupyter",
@@ -161,7 +185,13 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
         }
         (Err(why), _) => {
             // Still show the baselines that could be measured.
-            let mut a = Row::unavailable("python_run_vs_cold", FIGURE_COLD, BASELINE_COLD, GOAL_COLD, why);
+            let mut a = Row::unavailable(
+                "python_run_vs_cold",
+                FIGURE_COLD,
+                BASELINE_COLD,
+                GOAL_COLD,
+                why,
+            );
             a.baseline = cold_v;
             let mut b = Row::unavailable(
                 "python_run_vs_jupyter",

@@ -2,7 +2,7 @@
 //! default) through runtimed to the gRPC client, which counts them, vs the
 //! same command piped into an in-process reader.
 
-use super::{Context, blocking, progress};
+use super::{Context, CpuMeter, blocking, progress};
 use crate::client::{command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row, Unit, Value};
@@ -11,7 +11,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BASELINE: &str = "same command | in-process reader";
+const BASELINE: &str = "same command piped to in-process reader";
 const GOAL: Goal = Goal::RatioAtLeast(0.5);
 const READ_BUFFER: usize = 256 * 1024;
 
@@ -20,9 +20,9 @@ fn figure(bytes: u64) -> String {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes % (1 << 30) == 0 {
+    if bytes.is_multiple_of(1 << 30) {
         format!("{}GiB", bytes >> 30)
-    } else if bytes % (1 << 20) == 0 {
+    } else if bytes.is_multiple_of(1 << 20) {
         format!("{}MiB", bytes >> 20)
     } else {
         format!("{bytes}B")
@@ -53,7 +53,9 @@ fn raw_pipe(bytes: u64) -> Result<Duration> {
         }
         got += n as u64;
     }
-    let status = child.wait().map_err(|e| BenchError::io("waiting for head", e))?;
+    let status = child
+        .wait()
+        .map_err(|e| BenchError::io("waiting for head", e))?;
     let d = start.elapsed();
     if !status.success() || got != bytes {
         return Err(BenchError::Unexpected(format!(
@@ -90,10 +92,16 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
     let mut messages = 0u64;
     let arg = bytes.to_string();
+    let cpu = CpuMeter::start(&ctx.daemon);
     for i in 0..counts.warmup + counts.iterations {
         let r = blocking(move || raw_pipe(bytes)).await?;
         let start = Instant::now();
-        let out = execute(&mut client, command("bash", &["head", "-c", &arg, "/dev/zero"]), false).await?;
+        let out = execute(
+            &mut client,
+            command("bash", &["head", "-c", &arg, "/dev/zero"]),
+            false,
+        )
+        .await?;
         let d = start.elapsed();
         out.require_success("head through runtimed")?;
         if out.output_bytes != bytes {
@@ -117,7 +125,11 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
         bytes as f64 / messages.max(1) as f64 / 1024.0,
         ctx.daemon.scratch().display()
     );
-    Ok(vec![Row::measured("stream", name, m, BASELINE, b, GOAL).with_note(note)])
+    Ok(vec![
+        Row::measured("stream", name, m, BASELINE, b, GOAL)
+            .with_note(note)
+            .with_note(cpu.note(counts.warmup + counts.iterations)),
+    ])
 }
 
 #[cfg(test)]
