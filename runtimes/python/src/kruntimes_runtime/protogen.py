@@ -41,6 +41,7 @@ def generate(proto_root: Path, out: Path) -> None:
                 f"-I{proto_root}",
                 f"-I{well_known}",
                 f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}",
                 PROTO_FILE,
             ]
@@ -51,6 +52,7 @@ def generate(proto_root: Path, out: Path) -> None:
         staging = Path(tempfile.mkdtemp(prefix=".proto-", dir=out.parent))
         try:
             shutil.copy(gen / "runtime_pb2.py", staging / "runtime_pb2.py")
+            shutil.copy(gen / "runtime_pb2.pyi", staging / "runtime_pb2.pyi")
             grpc_src = (gen / "runtime_pb2_grpc.py").read_text()
             # Make the generated import package-relative.
             grpc_src = grpc_src.replace("from kruntimes.runtime.v1 import runtime_pb2", "from . import runtime_pb2")

@@ -101,6 +101,7 @@ class PreparedStdio:
     def install(self, unbuffered: bool) -> None:
         """In the child, once fds 0-2 are its own."""
         out, err = self.unbuffered if unbuffered else self.buffered
-        sys.stdin = sys.__stdin__ = self.stdin[1 if unbuffered else 0]
-        sys.stdout = sys.__stdout__ = out
-        sys.stderr = sys.__stderr__ = err
+        # As CPython at start-up: sys.__std*__ are the same objects.
+        sys.stdin = sys.__stdin__ = self.stdin[1 if unbuffered else 0]  # type: ignore[misc]
+        sys.stdout = sys.__stdout__ = out  # type: ignore[misc]
+        sys.stderr = sys.__stderr__ = err  # type: ignore[misc]
