@@ -379,6 +379,8 @@ def test_zygote_death_fails_inflight_and_recovers(fresh_server: Server) -> None:
     assert srv.zygote_pid() != zygote
     assert srv.run(argv=["python3", "-c", "print(2)"]).stdout == b"2\n"
     eventually(lambda: zombies_under(srv.pid) == [], "no zombies after the zygote died")
+    # Nothing the dead zygote left runs on: only the new zygote and its spare.
+    eventually(lambda: len(descendants(srv.pid)) == 2, "strays killed")
 
 
 def test_handshake_not_ready_on_bad_preload(tmp_path: Path) -> None:

@@ -55,3 +55,35 @@ class ChildReaper:
             else:
                 self.orphans_reaped += 1
                 log.debug("reaped orphan pid %d (%s)", pid, describe_status(status))
+
+
+def adopted_children(parent: int) -> list[tuple[int, int]]:
+    """(pid, pgid) of the live children of `parent`, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == parent:
+            found.append((int(entry), int(fields[2])))
+    return found
+
+
+def kill_adopted(exclude: set[int]) -> int:
+    """SIGKILL the processes (and their groups) re-parented to this process,
+    the subreaper, when the zygote died: children it had forked ahead of need,
+    or whose report can no longer come. Returns how many were found."""
+    own_group = os.getpgrp()
+    victims = [(pid, pgid) for pid, pgid in adopted_children(os.getpid()) if pid not in exclude]
+    for pid, pgid in victims:
+        try:
+            if pgid != own_group:
+                os.killpg(pgid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return len(victims)

@@ -28,7 +28,7 @@ from .errors import (
 from .execution import Execution
 from .plan import build_plan
 from .proto import pb
-from .reaper import ChildReaper
+from .reaper import ChildReaper, kill_adopted
 from .validation import ScriptProgram, StartSpec
 from .zygote_client import SpawnFailed, ZygoteClient, ZygoteLost
 
@@ -81,6 +81,12 @@ class Runtime:
         for execution in self.executions.values():
             if execution.running and execution.pid > 0:
                 execution.lose(f"the python runtime's zygote died ({reason})")
+        if not self._stopping:
+            # Its other children (a spare, one handed a plan whose pid never
+            # reached us) are now ours: none may run untracked.
+            stray = kill_adopted(exclude=set())
+            if stray:
+                log.warning("killed %d process(es) left by the dead zygote", stray)
         if self._stopping or (self._restart_task is not None and not self._restart_task.done()):
             return
         if self.on_ready_change is not None:
