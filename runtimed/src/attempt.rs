@@ -29,6 +29,7 @@ pub struct Attempt {
     /// Whether runtimed supervises the server (local mode).
     pub supervised: bool,
     pub workspace: Workspace,
+    pub artifacts: Arc<crate::collect::Artifacts>,
     /// Held until the Run is finished: it counts against `--max-runs`.
     /// `None` only for a Run recovered after a restart beyond the limit.
     pub permit: Option<OwnedSemaphorePermit>,
@@ -132,6 +133,21 @@ impl Attempt {
                     o.phase = Phase::Failed;
                 }
                 o.message = format!("{}; outputs rejected: {e}", o.message);
+            }
+        }
+        if o.phase == Phase::Succeeded || self.run.spec.artifacts_on_failure {
+            let dir = self.workspace.artifacts_dir(&self.run.id);
+            let scratch = self.workspace.scratch_dir(&self.run.id);
+            match self
+                .artifacts
+                .collect(&dir, &scratch, &self.run.uid, self.run.spec.artifacts_gzip)
+                .await
+            {
+                Ok(refs) => o.artifacts = refs,
+                Err(e) => {
+                    o.phase = Phase::Failed;
+                    o.message = format!("{}; artifacts not stored: {e}", o.message);
+                }
             }
         }
         o

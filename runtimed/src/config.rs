@@ -81,6 +81,29 @@ pub struct Config {
     #[arg(long, env = "RUNTIMED_SPOOL_BUDGET_BYTES", default_value_t = 10 << 30)]
     pub spool_budget_bytes: u64,
 
+    /// Where artifacts are stored: `fs:/path` (e.g. a PVC mount) or
+    /// `s3://bucket/prefix?region=R&endpoint=URL&path_style=true`, with S3
+    /// credentials from the environment [default: fs:DATA_DIR/artifacts].
+    #[arg(long, env = "RUNTIMED_ARTIFACT_STORE")]
+    pub artifact_store: Option<String>,
+
+    /// Namespace in artifact keys (`namespaces/<ns>/runs/<uid>/<name>`); in a
+    /// Runtime Pod, the Pod's namespace.
+    #[arg(long, env = "RUNTIMED_NAMESPACE", default_value = "local")]
+    pub namespace: String,
+
+    /// Most artifacts one Run may leave.
+    #[arg(long, env = "RUNTIMED_MAX_ARTIFACTS", default_value_t = 64)]
+    pub max_artifacts: usize,
+
+    /// Most bytes of one artifact.
+    #[arg(long, env = "RUNTIMED_MAX_ARTIFACT_BYTES", default_value_t = 1 << 30)]
+    pub max_artifact_bytes: u64,
+
+    /// Most bytes of all artifacts of one Run.
+    #[arg(long, env = "RUNTIMED_MAX_ARTIFACTS_TOTAL_BYTES", default_value_t = 4 << 30)]
+    pub max_artifacts_total_bytes: u64,
+
     /// Default grace period between SIGTERM and SIGKILL, in milliseconds.
     #[arg(long, env = "RUNTIMED_GRACE_PERIOD_MS", default_value_t = 10_000)]
     pub grace_period_ms: u64,
@@ -98,6 +121,12 @@ impl Config {
 
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("spool")
+    }
+
+    pub fn artifact_store(&self) -> String {
+        self.artifact_store
+            .clone()
+            .unwrap_or_else(|| format!("fs:{}", self.data_dir.join("artifacts").display()))
     }
 
     pub fn records_dir(&self) -> PathBuf {

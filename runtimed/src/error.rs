@@ -34,6 +34,14 @@ pub enum Error {
     LogEvicted(String),
     #[error("run {id:?} is still {phase}; only finished runs can be forgotten")]
     RunNotFinished { id: String, phase: String },
+    #[error("run {run:?} has no artifact {name:?}; it has: [{known}]")]
+    ArtifactNotFound {
+        run: String,
+        name: String,
+        known: String,
+    },
+    #[error("artifact store: {0}")]
+    ArtifactStore(#[from] kruntimes_artifacts::StoreError),
     #[error("spool: {0}")]
     Spool(#[from] std::io::Error),
 }
@@ -42,7 +50,10 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::RunNotFound(_) | Error::UnknownRuntime { .. } => Code::NotFound,
+            Error::RunNotFound(_)
+            | Error::UnknownRuntime { .. }
+            | Error::ArtifactNotFound { .. } => Code::NotFound,
+            Error::ArtifactStore(_) => Code::Unavailable,
             Error::RunExists { .. } => Code::AlreadyExists,
             Error::TooManyRuns { .. } => Code::ResourceExhausted,
             Error::RuntimeNotReady { .. } => Code::Unavailable,

@@ -4,6 +4,7 @@
 //! on-disk spool, and serves the `kruntimes.runtimed.v1` API.
 
 pub mod attempt;
+pub mod collect;
 pub mod config;
 pub mod error;
 pub mod follow;

@@ -71,12 +71,18 @@ fn local_command(cfg: &Config, runtime: &str, socket: &Path) -> Result<ServerCom
 /// Runs runtimed until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     let workspace = cfg.workspace();
-    for dir in [
-        &cfg.data_dir,
-        &cfg.spool_dir(),
-        &cfg.records_dir(),
-        &workspace,
-    ] {
+    let mut dirs = vec![
+        cfg.data_dir.clone(),
+        cfg.spool_dir(),
+        cfg.records_dir(),
+        workspace.clone(),
+    ];
+    // The default store lives in the data directory; a configured one (a PVC
+    // mount, a bucket) must exist already.
+    if cfg.artifact_store.is_none() {
+        dirs.push(cfg.data_dir.join("artifacts"));
+    }
+    for dir in &dirs {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
     }
@@ -134,6 +140,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         records_dir: cfg.records_dir(),
         workspace: crate::workspace::Workspace::new(workspace.clone()),
         log_cap: cfg.log_cap_bytes,
+        artifacts: Arc::new(crate::collect::Artifacts::from_config(&cfg)?),
         spool_budget: cfg.spool_budget_bytes,
         grace_period_ms: cfg.grace_period_ms,
     });

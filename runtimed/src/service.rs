@@ -35,6 +35,7 @@ pub struct State {
     pub workspace: crate::workspace::Workspace,
     pub log_cap: u64,
     pub spool_budget: u64,
+    pub artifacts: Arc<crate::collect::Artifacts>,
     pub grace_period_ms: u64,
 }
 
@@ -227,6 +228,7 @@ impl State {
             generation,
             supervised: self.supervised,
             workspace: self.workspace.clone(),
+            artifacts: self.artifacts.clone(),
             permit,
             on_finish: Arc::new(move || {
                 runs.enforce_spool_budget(budget);
@@ -263,16 +265,46 @@ impl Runtimed for Service {
 
     async fn list_artifacts(
         &self,
-        _request: Request<pb::ListArtifactsRequest>,
+        request: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
-        Err(Status::unimplemented("artifacts are not collected yet"))
+        let run = self.0.runs.get(&request.into_inner().run_id)?;
+        let artifacts = run.state().artifacts.iter().map(|a| a.to_proto()).collect();
+        Ok(Response::new(pb::ListArtifactsResponse { artifacts }))
     }
 
     async fn download_artifact(
         &self,
-        _request: Request<pb::DownloadArtifactRequest>,
+        request: Request<pb::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
-        Err(Status::unimplemented("artifacts are not collected yet"))
+        let req = request.into_inner();
+        let run = self.0.runs.get(&req.run_id)?;
+        let state = run.state();
+        let Some(artifact) = state.artifacts.iter().find(|a| a.name == req.name).cloned() else {
+            let names: Vec<_> = state.artifacts.iter().map(|a| a.name.as_str()).collect();
+            return Err(Error::ArtifactNotFound {
+                run: run.id.clone(),
+                name: req.name,
+                known: names.join(", "),
+            }
+            .into());
+        };
+        if req.offset > artifact.size {
+            return Err(Error::InvalidArgument(format!(
+                "offset {} is past the end of artifact {:?} ({} bytes)",
+                req.offset, artifact.name, artifact.size
+            ))
+            .into());
+        }
+        let data = self
+            .0
+            .artifacts
+            .open(&run.uid, &artifact.name, req.offset)
+            .await?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(crate::collect::send_artifact(
+            artifact, req.offset, data, tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn execute(

@@ -90,10 +90,10 @@ async fn sigkill_mid_run_loses_nothing() {
             timeout_ms: 120_000,
         })
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()))
         .into_inner();
-    assert_eq!(r.phase, pb::Phase::Failed as i32, "{r:?}");
-    assert_eq!(r.exit_code, Some(3), "{r:?}");
+    assert_eq!(r.phase, pb::Phase::Failed as i32, "{r:?}\n{}", d.log());
+    assert_eq!(r.exit_code, Some(3), "{r:?}\n{}", d.log());
     let want = expected();
     assert_eq!(r.log_length, want.len() as u64);
     let got = read_all(&mut c, "durable").await;
