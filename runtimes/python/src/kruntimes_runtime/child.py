@@ -57,6 +57,7 @@ def spare(ctrl: socket.socket, handoff: socket.socket, stdio: PreparedStdio) -> 
         os.dup2(null, 0)
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 20)
+        _python_signals()
         received = zygote_wire.recv_blocking(handoff)
         handoff.close()
     except (OSError, zygote_wire.WireError):
@@ -116,6 +117,16 @@ def _exec(plan: dict[str, Any], status_fd: int) -> NoReturn:
         _fail(status_fd, kind, f"cannot execute {path!r}: {e.strerror}")
 
 
+def _python_signals() -> None:
+    """The dispositions a cold python3 starts with (the zygote changed some).
+    _signal, not signal: the enum wrappers cost copy-on-write faults."""
+    _signal.signal(_SIGCHLD, _SIG_DFL)
+    _signal.signal(_SIGTERM, _SIG_DFL)
+    _signal.signal(_SIGINT, _signal.default_int_handler)
+    _signal.signal(_SIGPIPE, _SIG_IGN)
+    _signal.signal(_SIGXFSZ, _SIG_IGN)
+
+
 def _set_environ(changes: dict[str, str]) -> None:
     """Apply the Run's variables that differ from the zygote's environment
     (which is the server's, i.e. the base the Run's env overlays)."""
@@ -151,12 +162,6 @@ def _python_path(pythonpath: list[str] | None, at: int) -> None:
 
 def _run_python(plan: dict[str, Any], status_fd: int, stdio: PreparedStdio) -> NoReturn:
     try:
-        # _signal, not signal: the enum wrappers cost copy-on-write faults.
-        _signal.signal(_SIGCHLD, _SIG_DFL)
-        _signal.signal(_SIGTERM, _SIG_DFL)
-        _signal.signal(_SIGINT, _signal.default_int_handler)
-        _signal.signal(_SIGPIPE, _SIG_IGN)
-        _signal.signal(_SIGXFSZ, _SIG_IGN)
         _set_environ(plan["env"])
         stdio.install(plan["unbuffered"])
         sys.argv = list(plan["argv"])
