@@ -60,8 +60,10 @@ pub mod annotations {
     pub const CAPACITY: &str = "kruntimes.io/capacity";
     /// On Runtime Pods: the Runtime generation the pod template was rendered from.
     pub const RUNTIME_GENERATION: &str = "kruntimes.io/runtime-generation";
-    /// On Runs: the Run's creator as recorded at admission, used for audit messages.
-    pub const CREATED_BY: &str = "kruntimes.io/created-by";
+    /// On Runs: creation time at millisecond resolution (RFC 3339), set by the creator
+    /// (krt does) because `metadata.creationTimestamp` has only second resolution;
+    /// the scheduler copies it into `status.createdAt`.
+    pub const CREATED_AT: &str = "kruntimes.io/created-at";
 }
 
 /// Condition types.
