@@ -4,6 +4,7 @@
 //! custom Runtime Server.
 
 /// The Runtime Server protocol; runtimed is its only client.
+#[allow(clippy::large_enum_variant)]
 pub mod runtime {
     pub mod v1 {
         tonic::include_proto!("kruntimes.runtime.v1");
@@ -11,6 +12,7 @@ pub mod runtime {
 }
 
 /// The runtimed API seen by users and `krt`.
+#[allow(clippy::large_enum_variant)]
 pub mod runtimed {
     pub mod v1 {
         tonic::include_proto!("kruntimes.runtimed.v1");
