@@ -18,6 +18,7 @@ import atexit
 import builtins
 import errno
 import gc
+import io
 import os
 import runpy
 import signal
@@ -58,6 +59,7 @@ def spare(ctrl: socket.socket, handoff: socket.socket, stdio: PreparedStdio) -> 
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 20)
         _python_signals()
+        _prefault(stdio)
         received = zygote_wire.recv_blocking(handoff)
         handoff.close()
     except (OSError, zygote_wire.WireError):
@@ -115,6 +117,17 @@ def _exec(plan: dict[str, Any], status_fd: int) -> NoReturn:
     except OSError as e:
         kind = "not_found" if e.errno == errno.ENOENT else "not_executable"
         _fail(status_fd, kind, f"cannot execute {path!r}: {e.strerror}")
+
+
+def _prefault(stdio: PreparedStdio) -> None:
+    """Do, while idle, the kind of work a run does first (compile, allocate,
+    print), so the copy-on-write faults it causes are taken now, not on the
+    execution's path."""
+    sink = io.StringIO()
+    code = compile("x = [str(i) for i in range(64)]\nprint(len(x), x[-1], {'a': 1}, file=sink)\n", "<prefault>", "exec")
+    exec(code, {"__builtins__": builtins, "sink": sink})
+    stdio.touch()
+    gc.collect()
 
 
 def _python_signals() -> None:

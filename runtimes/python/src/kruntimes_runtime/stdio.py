@@ -98,6 +98,12 @@ class PreparedStdio:
         stdin = (_reader(in_enc, in_err, False), _reader(in_enc, in_err, True))
         return cls(stdin, pairs[0], pairs[1])
 
+    def touch(self) -> None:
+        """Write to the objects a child will use (their refcounts, their
+        pages), so a spare takes its copy-on-write faults before it is needed."""
+        for stream in (*self.stdin, *self.buffered, *self.unbuffered):
+            stream.encoding  # noqa: B018 - attribute access is the point
+
     def install(self, unbuffered: bool) -> None:
         """In the child, once fds 0-2 are its own."""
         out, err = self.unbuffered if unbuffered else self.buffered

@@ -2,10 +2,12 @@
 
 The server starts it (exec of the resolved interpreter, `-c` importing this
 module) with one end of a Unix socket pair. It imports the preloaded modules,
-freezes the GC (children then neither copy nor rescan the zygote's heap), and
-serves requests: spawn (hand a plan and the stdio pipe fds, received via
-SCM_RIGHTS, to a spare child forked ahead of need, then fork the next spare),
-signal (to a live execution's process group), ping, shutdown.
+freezes the GC (children then neither copy nor rescan the zygote's heap) and
+keeps one spare child forked ahead of need, whose hand-off socket it passes to
+the server (SCM_RIGHTS): the server gives a plan and the stdio pipes to the
+spare directly, tells the zygote it was "taken" (now an execution's leader),
+and the zygote forks the next spare. Other requests: signal (a live
+execution's process group), ping, shutdown.
 
 It is a child subreaper and reaps everything below it. When a leader exits, the
 rest of its process group is SIGKILLed while the leader is still an unreaped
@@ -30,41 +32,61 @@ from . import child, zygote_wire
 from .stdio import PreparedStdio
 from .subreaper import become_subreaper
 
+SPARE_DELAY_S = 0.05
+
 
 class Zygote:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         # Leader pid -> execution id, for live (unreaped) leaders.
         self.leaders: dict[int, str] = {}
-        # A child forked ahead of need, and the socket that hands it work.
-        self.spare: tuple[int, socket.socket] | None = None
+        # The child forked ahead of need, not yet taken by the server.
+        self.spare_pid: int | None = None
         self.stdio = PreparedStdio.prepare()
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_w = wake_w
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         # A Python-level handler (not SIG_DFL) so SIGCHLD writes the wakeup fd.
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        # When the next spare is to be forked (monotonic time), if not yet.
+        self.spare_due: float | None = None
+        self.ctrl_poll = select.poll()
+        self.ctrl_poll.register(sock.fileno(), select.POLLIN)
+        self.running = True
 
-    def send(self, msg: dict[str, Any]) -> None:
-        zygote_wire.send_blocking(self.sock, msg)
+    def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        zygote_wire.send_blocking(self.sock, msg, fds)
 
     def serve(self) -> None:
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
-        while True:
-            for fd, _ in poller.poll():
+        while self.running:
+            timeout = None
+            if self.spare_due is not None:
+                timeout = max(0.0, (self.spare_due - time.monotonic()) * 1000)
+            for fd, _ in poller.poll(timeout):
                 if fd == self.wake_r:
                     self._drain_wakeups()
                     self.reap()
                 else:
-                    received = zygote_wire.recv_blocking(self.sock)
-                    if received is None:
-                        self.shutdown()
-                        return
-                    msg, fds = received
-                    if not self.handle(msg, fds):
-                        return
+                    self.read_ctrl()
+                if not self.running:
+                    return
+            if self.spare_due is not None and time.monotonic() >= self.spare_due:
+                self.fork_spare()
+
+    def read_ctrl(self) -> None:
+        """Handle every control message already received."""
+        while self.running and self.ctrl_poll.poll(0):
+            received = zygote_wire.recv_blocking(self.sock)
+            if received is None:
+                self.shutdown()
+                return
+            msg, fds = received
+            for fd in fds:
+                os.close(fd)
+            self.handle(msg)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -73,103 +95,46 @@ class Zygote:
         except BlockingIOError:
             pass
 
-    def handle(self, msg: dict[str, Any], fds: list[int]) -> bool:
+    def handle(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
-        if op == "spawn":
-            self.spawn(msg, fds)
+        if op == "taken":
+            self.taken(int(msg["pid"]), str(msg.get("id", "")))
+        elif op == "fork_spare":
+            self.fork_spare()
         elif op == "signal":
             self.signal_group(int(msg["pid"]), int(msg["sig"]))
         elif op == "ping":
             self.send({"op": "pong", "tag": msg.get("tag"), "leaders": len(self.leaders)})
         elif op == "shutdown":
             self.shutdown()
-            return False
-        for fd in fds:
-            if op != "spawn":
-                os.close(fd)
-        return True
 
-    def spawn(self, msg: dict[str, Any], fds: list[int]) -> None:
-        tag = msg.get("tag")
-        if len(fds) != 2:
-            for fd in fds:
-                os.close(fd)
-            self.fail(tag, "setup", f"expected 2 fds, got {len(fds)}")
+    def taken(self, pid: int, execution_id: str) -> None:
+        """The server handed the spare a plan: it is now an execution's leader.
+        (A "taken" for a spare already reaped idle is ignored: the server's
+        hand-off to it failed, as its socket was closed.)"""
+        if pid != self.spare_pid:
             return
-        plan = msg["plan"]
-        # An exec is waited for (EOF when it succeeds, a report when it fails)
-        # so Start can fail with the reason. The in-process Python path cannot
-        # fail that way; not waiting for the child keeps Start fast.
-        status_r = -1
-        if plan["kind"] == "exec":
-            status_r, status_w = os.pipe2(os.O_CLOEXEC)
-            fds.append(status_w)
-        try:
-            pid = self.hand_off(plan, fds)
-        except OSError as e:
-            if status_r >= 0:
-                os.close(status_r)
-            self.fail(tag, "setup", f"cannot start a child: {e}")
-            return
-        finally:
-            for fd in fds:
-                os.close(fd)
-        if status_r >= 0:
-            report = self.read_status(status_r)
-            if report:
-                os.waitpid(pid, 0)
-                kind, _, message = report.decode("utf-8", "replace").partition("\n")
-                self.fail(tag, kind, message)
-                self.ensure_spare()
-                return
-        self.leaders[pid] = msg.get("id", "")
-        self.send({"op": "spawned", "tag": tag, "pid": pid})
-        # The next spare is forked off the Start's path.
-        self.ensure_spare()
+        self.spare_pid = None
+        self.leaders[pid] = execution_id
+        # The next spare is forked off the execution's path: once its exit is
+        # reported, or after a short while (forking now would compete with the
+        # child for the CPU and delay its exit report). A server out of spares
+        # asks with fork_spare, served at once.
+        self.spare_due = time.monotonic() + SPARE_DELAY_S
 
-    def fail(self, tag: Any, kind: str, message: str) -> None:
-        self.send({"op": "spawn_failed", "tag": tag, "kind": kind, "message": message})
-
-    @staticmethod
-    def read_status(status_r: int) -> bytes:
-        """EOF once the child execs; bytes when it failed."""
-        report = bytearray()
-        try:
-            while data := os.read(status_r, 65536):
-                report += data
-        finally:
-            os.close(status_r)
-        return bytes(report)
-
-    def hand_off(self, plan: dict[str, Any], fds: list[int]) -> int:
-        """Give the plan and pipes to the spare; returns its pid. A spare that
-        died meanwhile is replaced once."""
-        for attempt in (0, 1):
-            if self.spare is None:
-                self.ensure_spare()
-            assert self.spare is not None
-            pid, handoff = self.spare
-            self.spare = None
-            try:
-                zygote_wire.send_blocking(handoff, {"plan": plan}, fds)
-                return pid
-            except OSError:
-                if attempt:
-                    raise
-            finally:
-                handoff.close()
-        raise AssertionError("unreachable")
-
-    def ensure_spare(self) -> None:
-        if self.spare is not None:
+    def fork_spare(self) -> None:
+        """Fork a spare child and give the server the socket that hands it work."""
+        self.spare_due = None
+        if self.spare_pid is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
-        except OSError:
+        except OSError as e:
             ours.close()
             theirs.close()
-            raise
+            self.send({"op": "spare_failed", "message": f"fork failed: {e}"})
+            return
         if pid == 0:
             try:
                 ours.detach()
@@ -177,7 +142,11 @@ class Zygote:
             finally:
                 os._exit(child.SETUP_FAILED)
         theirs.close()
-        self.spare = (pid, ours)
+        self.spare_pid = pid
+        try:
+            self.send({"op": "spare", "pid": pid}, [ours.fileno()])
+        finally:
+            ours.close()
 
     def signal_group(self, pid: int, sig: int) -> None:
         # Only while the leader is unreaped does its pid still name its group.
@@ -188,7 +157,10 @@ class Zygote:
                 pass
 
     def reap(self) -> None:
-        while True:
+        # A "taken" always precedes the plan that lets that child exit: read
+        # it first, so a leader's exit is never mistaken for an idle spare's.
+        self.read_ctrl()
+        while self.running:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
@@ -196,9 +168,6 @@ class Zygote:
             if info is None or info.si_pid == 0:
                 return
             pid = info.si_pid
-            if self.spare is not None and self.spare[0] == pid:
-                self.spare[1].close()  # it died idle: fork another when needed
-                self.spare = None
             leader = pid in self.leaders
             if leader:
                 # The zombie leader keeps the group id reserved: kill the rest.
@@ -215,16 +184,22 @@ class Zygote:
                 else:
                     report["code"] = os.WEXITSTATUS(status)
                 self.send(report)
+                if self.spare_due is not None:
+                    self.fork_spare()
+            elif pid == self.spare_pid:
+                # It died idle (killed?): withdraw it and fork another.
+                self.spare_pid = None
+                self.send({"op": "spare_gone", "pid": pid})
+                self.fork_spare()
 
     def shutdown(self) -> None:
-        """Kill every execution's group and reap the leaders (no reports: the
-        server is going away or already gone)."""
+        """Kill every execution's group and the spare, and reap them (no
+        reports: the server is going away or already gone)."""
+        self.running = False
         leaders, self.leaders = list(self.leaders), {}
-        if self.spare is not None:
-            pid, handoff = self.spare
-            self.spare = None
-            handoff.close()  # EOF: the spare exits
-            leaders.append(pid)
+        if self.spare_pid is not None:
+            leaders.append(self.spare_pid)
+            self.spare_pid = None
         for pid in leaders:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -235,7 +210,13 @@ class Zygote:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        self.reap()
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
 
 
 def preload(modules: list[str]) -> list[str]:
@@ -262,7 +243,6 @@ def main(fd: int, modules: list[str]) -> None:
     # and do not dirty (copy) their pages.
     gc.collect()
     gc.freeze()
-    zygote.ensure_spare()
     zygote.send(
         {
             "op": "hello",
@@ -274,6 +254,7 @@ def main(fd: int, modules: list[str]) -> None:
         }
     )
     try:
+        zygote.fork_spare()
         zygote.serve()
     except (BrokenPipeError, ConnectionResetError):
         zygote.shutdown()

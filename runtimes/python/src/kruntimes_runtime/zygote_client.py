@@ -1,10 +1,14 @@
-"""The server's handle on the zygote: starts it, sends spawn/signal/ping requests
-over the control socket (stdio pipe fds travel with SCM_RIGHTS), routes exit
+"""The server's handle on the zygote: starts it, keeps the hand-off sockets of
+the spare children it forks ahead of need (received with SCM_RIGHTS), starts an
+execution by handing a spare its plan and stdio pipes directly (telling the
+zygote first that the spare was taken), sends signal/ping requests, routes exit
 reports to their executions and notices when the zygote dies."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 # `python -c` keeps the zygote's own module out of __main__.
 _BOOT = "import sys; from kruntimes_runtime.zygote import main; main(int(sys.argv[1]), sys.argv[2:])"
 _EXIT_WAIT_S = 1.0
+# A spare reads its plan at once; one that does not take it within this is dead.
+_HANDOFF_TIMEOUT_S = 5.0
 
 ExitHandler = Callable[[dict[str, Any]], None]
 
@@ -69,6 +75,11 @@ class ZygoteClient:
         self._hello_future: asyncio.Future[dict[str, Any]] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._stopping = False
+        # Hand-off sockets of spares (pid, socket), oldest first.
+        self._spares: collections.deque[tuple[int, socket.socket]] = collections.deque()
+        self._spare_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Descriptors received on the control socket, for the messages carrying them.
+        self._fd_queue: collections.deque[int] = collections.deque()
 
     @property
     def preload_errors(self) -> list[str]:
@@ -128,39 +139,130 @@ class ZygoteClient:
     def spawn(
         self, execution_id: str, plan: dict[str, Any], fds: list[int], on_exit: ExitHandler
     ) -> asyncio.Future[int]:
-        """Ask the zygote for a child running `plan`; the future gives its pid.
-        Takes ownership of `fds` (closed once sent). `on_exit` gets the exit
-        report; it is registered before any report for the pid can arrive.
-        Sent synchronously when the channel is idle (no loop round trip)."""
+        """Start a child running `plan` with the stdio pipes' write ends `fds`
+        (owned from here on); the future gives its pid. Done synchronously when
+        a spare is ready. An exec completes once it succeeded (or fails with
+        SpawnFailed). `on_exit` gets the exit report."""
         try:
             loop = self._require_alive()
         except ZygoteLost:
             _close_all(fds)
             raise
-        tag = next(self._tags)
+        status_r = -1
+        fds = list(fds)
+        if plan["kind"] == "exec":
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(status_w)
         future: asyncio.Future[int] = loop.create_future()
-        self._pending[tag] = (future, on_exit)
-        sent = self._send({"op": "spawn", "tag": tag, "id": execution_id, "plan": plan}, fds)
+        try:
+            pid = self._hand_off(execution_id, plan, fds, on_exit)
+        except BaseException:
+            _close_all([*fds, status_r] if status_r >= 0 else fds)
+            raise
+        if pid is None:
+            task = asyncio.ensure_future(self._hand_off_when_ready(execution_id, plan, fds, on_exit))
 
-        def check(done: asyncio.Future[None]) -> None:
-            error = done.exception() if not done.cancelled() else ZygoteLost("send cancelled")
-            if error is not None:
-                self._pending.pop(tag, None)
-                if not future.done():
-                    future.set_exception(error)
+            def handed(t: asyncio.Future[int]) -> None:
+                if t.cancelled() or t.exception() is not None:
+                    if status_r >= 0:
+                        os.close(status_r)
+                    if not future.done():
+                        future.set_exception(t.exception() or ZygoteLost("cancelled"))
+                    return
+                self._started(future, t.result(), status_r)
 
-        sent.add_done_callback(check)
+            task.add_done_callback(handed)
+        else:
+            _close_all(fds)
+            self._started(future, pid, status_r)
         return future
+
+    def _started(self, future: asyncio.Future[int], pid: int, status_r: int) -> None:
+        if status_r < 0:
+            future.set_result(pid)
+            return
+        # Exec: EOF on the status pipe once the exec succeeded; a report otherwise.
+        loop = self._loop
+        assert loop is not None
+        report = bytearray()
+
+        def readable() -> None:
+            try:
+                data = os.read(status_r, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                report.extend(data)
+                return
+            loop.remove_reader(status_r)
+            os.close(status_r)
+            if future.done():
+                return
+            if report:
+                self._exit_handlers.pop(pid, None)
+                kind, _, message = report.decode("utf-8", "replace").partition("\n")
+                future.set_exception(SpawnFailed(kind, message))
+            else:
+                future.set_result(pid)
+
+        os.set_blocking(status_r, False)
+        loop.add_reader(status_r, readable)
+
+    def _hand_off(self, execution_id: str, plan: dict[str, Any], fds: list[int], on_exit: ExitHandler) -> int | None:
+        """Give the plan to a ready spare; its pid, or None when none is ready.
+        The zygote is told first, so it knows the child as a leader before the
+        child can exit. A spare that died meanwhile is skipped."""
+        while self._spares:
+            pid, handoff = self._spares.popleft()
+            try:
+                self._send({"op": "taken", "pid": pid, "id": execution_id}).add_done_callback(_retrieve)
+                self._exit_handlers[pid] = on_exit
+                try:
+                    handoff.settimeout(_HANDOFF_TIMEOUT_S)
+                    zygote_wire.send_blocking(handoff, {"plan": plan}, fds)
+                except OSError:
+                    # Dead spare (or one not reading): the zygote reports or
+                    # ignores it; its exit must not reach this execution.
+                    self._exit_handlers.pop(pid, None)
+                    continue
+            finally:
+                handoff.close()
+            return pid  # the zygote forks the next spare on "taken"
+        self._request_spare()
+        return None
+
+    async def _hand_off_when_ready(
+        self, execution_id: str, plan: dict[str, Any], fds: list[int], on_exit: ExitHandler
+    ) -> int:
+        try:
+            while True:
+                loop = self._require_alive()
+                ready: asyncio.Future[None] = loop.create_future()
+                self._spare_waiters.append(ready)
+                await ready
+                pid = self._hand_off(execution_id, plan, fds, on_exit)
+                if pid is not None:
+                    return pid
+        finally:
+            _close_all(fds)
+
+    def _request_spare(self) -> None:
+        """Ask for a spare now (idempotent in the zygote)."""
+        try:
+            self._send({"op": "fork_spare"}).add_done_callback(_retrieve)
+        except ZygoteLost:
+            pass
 
     def signal_group(self, pid: int, sig: int) -> None:
         """Signal a live execution's process group (fire and forget)."""
         if not self.alive:
             return
         try:
-            sent = self._send({"op": "signal", "pid": pid, "sig": int(sig)})
+            self._send({"op": "signal", "pid": pid, "sig": int(sig)}).add_done_callback(_retrieve)
         except ZygoteLost:
             return
-        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def ping(self, timeout: float) -> int:
         """Round trip to the zygote; returns how many executions it tracks."""
@@ -274,12 +376,18 @@ class ZygoteClient:
         if sock is None:
             return
         try:
-            data = sock.recv(1 << 16)
+            # CLOEXEC: a zygote restarted later must not inherit these.
+            data, ancdata, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self._closing(f"control socket read failed: {e}")
             return
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                self._fd_queue.extend(fds)
         if not data:
             self._closing("control socket closed")
             return
@@ -303,20 +411,39 @@ class ZygoteClient:
             if handler is not None:
                 handler(msg)
             return
+        if op == "spare":
+            # Its descriptor came with this message's first byte.
+            if not self._fd_queue:
+                log.error("zygote sent a spare without its socket")
+                return
+            handoff = socket.socket(fileno=self._fd_queue.popleft())
+            self._spares.append((int(msg["pid"]), handoff))
+            while self._spare_waiters:
+                waiter = self._spare_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+            return
+        if op == "spare_gone":
+            pid = int(msg["pid"])
+            for spare in [e for e in self._spares if e[0] == pid]:
+                self._spares.remove(spare)
+                spare[1].close()
+            return
+        if op == "spare_failed":
+            log.error("zygote could not fork a spare: %s", msg.get("message"))
+            waiters, self._spare_waiters = self._spare_waiters, collections.deque()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(SpawnFailed("setup", f"cannot start a child: {msg.get('message')}"))
+            return
         entry = self._pending.pop(msg.get("tag", -1), None)
         if entry is None:
             return
-        future, on_exit = entry
+        future, _ = entry
         if future.done():
             return
-        if op == "spawned":
-            pid = int(msg["pid"])
-            if on_exit is not None:
-                self._exit_handlers[pid] = on_exit
-            future.set_result(pid)
-        elif op == "spawn_failed":
-            future.set_exception(SpawnFailed(str(msg.get("kind")), str(msg.get("message"))))
-        elif op == "pong":
+        if op == "pong":
             future.set_result(msg)
 
     def _closing(self, reason: str) -> None:
@@ -383,9 +510,24 @@ class ZygoteClient:
             if not future.done():
                 future.set_exception(ZygoteLost(reason))
         handlers, self._exit_handlers = self._exit_handlers, {}
+        for _, handoff in self._spares:
+            handoff.close()  # EOF: an idle spare exits
+        self._spares.clear()
+        _close_all(list(self._fd_queue))
+        self._fd_queue.clear()
+        waiters, self._spare_waiters = self._spare_waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(ZygoteLost(reason))
         if reason != "stopped":
             log.error("python zygote lost: %s", reason)
         self._on_lost(reason, list(handlers))
+
+
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """Mark a fire-and-forget send's outcome as seen (loss is handled elsewhere)."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _close_all(fds: list[int]) -> None:
