@@ -57,7 +57,7 @@ pub async fn collect(
             .map_err(|(attempts, source)| CollectError::Upload {
                 name: p.name.clone(),
                 attempts,
-                source,
+                source: Box::new(source),
             })?;
         tracing::debug!(name = %p.name, size = p.size, %location, "artifact stored");
         refs.push(ArtifactRef {

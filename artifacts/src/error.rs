@@ -73,7 +73,7 @@ pub enum CollectError {
         name: String,
         attempts: u32,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("artifact collection task failed: {0}")]
     Task(String),
@@ -130,7 +130,7 @@ pub enum StoreError {
         /// The server's error code and message, or the client's error, in brief.
         detail: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("{store}: run {run} has more than {limit} stored objects; the limit is {limit}")]
     TooManyObjects {

@@ -161,7 +161,7 @@ impl S3Store {
             key: key.to_string(),
             status: s.status,
             detail: s.detail,
-            source: e,
+            source: Box::new(e),
         }
     }
 
@@ -181,19 +181,20 @@ impl S3Store {
     }
 
     fn not_found(&self, key: &RunKey, name: &str, e: StoreError) -> StoreError {
-        match e {
-            StoreError::S3 {
-                source: object_store::Error::NotFound { .. },
-                ..
+        let missing = match &e {
+            StoreError::S3 { source, status, .. } => {
+                matches!(**source, object_store::Error::NotFound { .. }) || *status == Some(404)
             }
-            | StoreError::S3 {
-                status: Some(404), ..
-            } => StoreError::NotFound {
+            _ => false,
+        };
+        if missing {
+            StoreError::NotFound {
                 store: self.describe.clone(),
                 run: key.to_string(),
                 name: name.to_string(),
-            },
-            other => other,
+            }
+        } else {
+            e
         }
     }
 
@@ -446,7 +447,7 @@ impl ArtifactStore for S3Store {
                 key: key_text.clone(),
                 status: s.status,
                 detail: s.detail,
-                source,
+                source: Box::new(source),
             }
         })))
     }

@@ -218,6 +218,7 @@ async fn wrong_credentials_give_a_clear_error_without_retrying() {
     assert!(matches!(err, StoreError::Denied { .. }), "{err}");
     assert!(!err.is_transient());
     let msg = err.to_string();
+    eprintln!("wrong credentials: {msg}");
     assert!(msg.contains("access denied"), "{msg}");
     assert!(msg.contains("AWS_SECRET_ACCESS_KEY"), "{msg}");
     assert!(msg.contains("s3://locked"), "{msg}");
@@ -245,7 +246,7 @@ async fn wrong_credentials_give_a_clear_error_without_retrying() {
             source,
         }) => {
             assert_eq!((name.as_str(), attempts), ("out.txt", 1));
-            assert!(matches!(source, StoreError::Denied { .. }), "{source}");
+            assert!(matches!(*source, StoreError::Denied { .. }), "{source}");
         }
         other => panic!("expected an Upload error, got {other:?}"),
     }
@@ -266,6 +267,7 @@ async fn missing_bucket_gives_a_clear_error() {
         store.delete_run(&key).await.unwrap_err(),
     ] {
         let msg = err.to_string();
+        eprintln!("missing bucket: {msg}");
         assert!(matches!(err, StoreError::BucketMissing { .. }), "{msg}");
         assert!(
             msg.contains("bucket \"no-such-bucket\" does not exist"),
@@ -334,15 +336,18 @@ async fn env_child() {
     }
 }
 
-/// kube (aws-lc-rs) and the S3 client (reqwest/rustls) are linked into this
-/// test binary as they are into runtimed: building a rustls client config
-/// must not panic over two crypto providers.
-#[tokio::test]
-async fn kube_and_s3_tls_coexist() {
+#[test]
+fn the_server_is_stopped_on_drop() {
     let gw = Versitygw::start();
-    gw.create_bucket("tls");
-    let s3 = gw.store("tls", None);
-    s3.list(&RunKey::new("default", "r")).await.unwrap();
-    let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
-    kube::Client::try_from(config).expect("kube client with rustls");
+    let pid = nix::unistd::Pid::from_raw(gw.pid() as i32);
+    let endpoint = gw.endpoint.clone();
+    assert!(nix::sys::signal::kill(pid, None).is_ok());
+    drop(gw);
+    assert_eq!(
+        nix::sys::signal::kill(pid, None),
+        Err(nix::errno::Errno::ESRCH),
+        "versitygw survived its Drop"
+    );
+    let addr = endpoint.trim_start_matches("http://");
+    assert!(std::net::TcpStream::connect(addr).is_err());
 }
