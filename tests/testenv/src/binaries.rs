@@ -88,8 +88,8 @@ mod tests {
         let pinned = go_mod
             .lines()
             .find_map(|l| l.trim().strip_prefix("k8s.io/kubernetes "))
-            .unwrap()
-            .trim();
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap();
         assert_eq!(pinned, K8S_VERSION, "update K8S_VERSION with go.mod");
         let staging = format!("v0.{}", K8S_VERSION.trim_start_matches("v1."));
         let replaces = go_mod.lines().filter(|l| l.contains("=> k8s.io/")).count();
@@ -97,6 +97,19 @@ mod tests {
         for line in go_mod.lines().filter(|l| l.contains("=> k8s.io/")) {
             assert!(line.trim().ends_with(&staging), "{line} is not {staging}");
         }
+        // Every staging module k8s.io/kubernetes requires at v0.0.0 is replaced.
+        let replaced: Vec<&str> = go_mod
+            .lines()
+            .filter(|l| l.contains("=> k8s.io/"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let unreplaced: Vec<&str> = go_mod
+            .lines()
+            .filter(|l| !l.contains("=>") && l.contains(" v0.0.0 "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|m| m.starts_with("k8s.io/") && !replaced.contains(m))
+            .collect();
+        assert!(unreplaced.is_empty(), "unreplaced staging modules: {unreplaced:?}");
     }
 
     #[test]

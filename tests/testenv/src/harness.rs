@@ -47,7 +47,7 @@ impl Default for TestEnvOptions {
 pub struct TestEnv {
     // Field order is drop order: kubelet first (kills containers), then its
     // runtime, then the control plane.
-    kubelet: Option<Kubelet>,
+    kubelet: Kubelet,
     runtime: Option<tokio::runtime::Runtime>,
     control_plane: ControlPlane,
 }
@@ -120,7 +120,7 @@ impl TestEnv {
         };
         match result {
             Ok((control_plane, kubelet)) => Ok(TestEnv {
-                kubelet: Some(kubelet),
+                kubelet,
                 runtime: Some(runtime),
                 control_plane,
             }),
@@ -138,10 +138,7 @@ impl TestEnv {
 
     /// The embedded test kubelet.
     pub fn kubelet(&self) -> &Kubelet {
-        // Only `Drop` takes it.
-        self.kubelet
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("kubelet taken before drop"))
+        &self.kubelet
     }
 
     /// A handle to the runtime the kubelet runs on.
@@ -311,19 +308,14 @@ impl TestEnv {
     /// Stops everything synchronously (containers, then control plane).
     /// Idempotent; used at process exit and by `Drop`.
     pub fn shutdown_blocking(&self) {
-        if let Some(k) = &self.kubelet {
-            k.kill_all_blocking(Duration::from_secs(2));
-        }
+        self.kubelet.kill_all_blocking(Duration::from_secs(2));
         self.control_plane.shutdown();
     }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        if let Some(k) = self.kubelet.take() {
-            k.kill_all_blocking(Duration::from_secs(2));
-            drop(k);
-        }
+        self.kubelet.kill_all_blocking(Duration::from_secs(2));
         if let Some(rt) = self.runtime.take() {
             // Sandbox threads and forwarders end with their tasks.
             rt.shutdown_background();

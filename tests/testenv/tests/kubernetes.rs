@@ -710,3 +710,165 @@ async fn kubectl_and_helm_talk_to_the_control_plane() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_sidecars_and_liveness_restarts() {
+    let env = env().await;
+    let ns = env.namespace().await.unwrap();
+    let client = env.client().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let flag = tempfile::tempdir().unwrap();
+    std::fs::write(flag.path().join("alive"), "").unwrap();
+    let pod = pod_from(json!({
+        "metadata": {"name": "lifecycle"},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "initContainers": [
+                {"name": "setup", "image": "busybox", "command": ["sh", "-c", "echo from-init > /work/init"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                {"name": "sidecar", "image": IMAGE, "restartPolicy": "Always",
+                 "args": ["grpc-health", "--listen", "0.0.0.0:9500"],
+                 "readinessProbe": {"grpc": {"port": 9500}, "periodSeconds": 1}},
+            ],
+            "containers": [{
+                "name": "main", "image": "busybox",
+                "command": ["sh", "-c", "cat /work/init > /flag/seen; exec sleep 3600"],
+                "livenessProbe": {"exec": {"command": ["test", "-f", "/flag/alive"]}, "periodSeconds": 1, "failureThreshold": 1},
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}, {"name": "flag", "mountPath": "/flag"}],
+            }],
+            "volumes": [{"name": "work", "emptyDir": {}}, {"name": "flag", "hostPath": {"path": flag.path()}}],
+        },
+    }));
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let p = wait_pod(&pods, "lifecycle", "Ready", is_ready).await;
+    assert_eq!(condition(&p, "Initialized").as_deref(), Some("True"));
+    let status = p.status.as_ref().unwrap();
+    let init = status.init_container_statuses.as_ref().unwrap();
+    let setup = init.iter().find(|c| c.name == "setup").unwrap();
+    let done = setup.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(
+        (done.exit_code, done.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    let sidecar = init.iter().find(|c| c.name == "sidecar").unwrap();
+    assert!(
+        sidecar.ready && sidecar.state.as_ref().unwrap().running.is_some(),
+        "{sidecar:?}"
+    );
+    // The main container started after the init container finished.
+    assert_eq!(
+        std::fs::read_to_string(flag.path().join("seen")).unwrap(),
+        "from-init\n"
+    );
+
+    // A failing liveness probe restarts the container (SIGTERM, which sleep
+    // as PID 1 ignores, then SIGKILL after the 2s grace period).
+    std::fs::remove_file(flag.path().join("alive")).unwrap();
+    let p = wait_pod(&pods, "lifecycle", "main restarted", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|c| c[0].restart_count >= 1)
+    })
+    .await;
+    let last = p
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .last_state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(
+        last.exit_code, 137,
+        "killed after the grace period: {last:?}"
+    );
+    std::fs::write(flag.path().join("alive"), "").unwrap();
+    wait_pod(&pods, "lifecycle", "Ready again", is_ready).await;
+    let events: Api<Event> = Api::namespaced(client, &ns);
+    let list = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Unhealthy")
+                && e.message
+                    .as_deref()
+                    .unwrap_or("")
+                    .starts_with("Liveness probe failed")),
+        "an Unhealthy event was recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pvc_from_the_default_storage_class_is_mounted() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let env = env().await;
+    let ns = env.namespace().await.unwrap();
+    let client = env.client().await.unwrap();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+    }))
+    .unwrap();
+    pvcs.create(&PostParams::default(), &pvc).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = pod_from(json!({
+        "metadata": {"name": "writer"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "echo persisted > /data/file"],
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        },
+    }));
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let p = wait_pod(&pods, "writer", "terminal", |p| {
+        matches!(phase(p).as_str(), "Succeeded" | "Failed")
+    })
+    .await;
+    assert_eq!(phase(&p), "Succeeded");
+    // kube-controller-manager provisioned a hostPath PV; the file is in it.
+    let pv_name = pvcs
+        .get("data")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .volume_name
+        .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(client);
+    let path = pvs
+        .get(&pv_name)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .host_path
+        .unwrap()
+        .path;
+    let path = std::path::PathBuf::from(path);
+    assert_eq!(
+        std::fs::read_to_string(path.join("file")).unwrap(),
+        "persisted\n"
+    );
+
+    // Releasing the claim lets the Delete reclaim policy remove the directory.
+    pods.delete("writer", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("pod gone", || async {
+        pods.get_opt("writer").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    pvcs.delete("data", &Default::default()).await.unwrap();
+    wait_for("PV deleted", || async {
+        pvs.get_opt(&pv_name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(!path.exists(), "{} left behind", path.display());
+}

@@ -4,6 +4,7 @@
 //!   connection with an HTTP 200 whose body is TEXT (default: $HOSTNAME); on
 //!   SIGTERM appends "SIGTERM <host pid>" to PATH and exits 0.
 //! - `fetch URL`: HTTP GET (plain http, host resolved via /etc/hosts), prints the body.
+//! - `grpc-health --listen ADDR`: a grpc.health.v1 server reporting SERVING.
 //! - `api`: in-cluster kube client (env + projected token), prints the server version.
 //! - `exit CODE`: exits with CODE.
 
@@ -30,6 +31,10 @@ enum Cmd {
     },
     Fetch {
         url: String,
+    },
+    GrpcHealth {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
     },
     Api,
     Exit {
@@ -115,6 +120,17 @@ async fn run(cli: Cli) -> Result<i32, Box<dyn std::error::Error>> {
             let text = String::from_utf8_lossy(&resp);
             let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
             println!("{body}");
+            Ok(0)
+        }
+        Cmd::GrpcHealth { listen } => {
+            let (reporter, service) = tonic_health::server::health_reporter();
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(listen)
+                .await?;
             Ok(0)
         }
         Cmd::Api => {

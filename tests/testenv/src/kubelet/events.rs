@@ -9,18 +9,33 @@ use kube::api::PostParams;
 /// Longest event message kept (the API server rejects very long ones).
 const MAX_MESSAGE: usize = 1024;
 
+/// Most events queued for sending; beyond it events are dropped (and logged).
+const MAX_QUEUED: usize = 1024;
+
+/// Sends events from one task, so they reach the API in the order recorded.
 #[derive(Clone)]
 pub struct Recorder {
-    client: kube::Client,
+    tx: tokio::sync::mpsc::Sender<Event>,
     node: String,
 }
 
 impl Recorder {
+    /// Starts the sending task on the current runtime.
     pub fn new(client: kube::Client, node: String) -> Self {
-        Self { client, node }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(MAX_QUEUED);
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let ns = event.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+                if let Err(e) = api.create(&PostParams::default(), &event).await {
+                    tracing::debug!(error = %e, "recording event");
+                }
+            }
+        });
+        Self { tx, node }
     }
 
-    /// Records an event in the background; failures are only logged.
+    /// Queues an event; sending failures are only logged.
     pub fn record(
         &self,
         pod: &Pod,
@@ -73,11 +88,8 @@ impl Recorder {
             action: Some(reason.to_string()),
             ..Event::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        tokio::spawn(async move {
-            if let Err(e) = api.create(&PostParams::default(), &event).await {
-                tracing::debug!(error = %e, "recording event");
-            }
-        });
+        if self.tx.try_send(event).is_err() {
+            tracing::warn!(reason, "event queue full ({MAX_QUEUED}); event dropped");
+        }
     }
 }

@@ -270,6 +270,7 @@ impl Kubelet {
         for h in handles {
             let _ = h.join.await;
         }
+        let _ = std::fs::remove_dir_all(self.shared.config.state_dir.join("s"));
     }
 
     /// Synchronous last-resort stop (process exit, panics): SIGTERM to every
