@@ -458,3 +458,12 @@ def test_pipe_held_by_escaped_process_is_abandoned(server: Server) -> None:
     finally:
         os.kill(escaped, signal.SIGKILL)
     eventually(lambda: zombies_under(server.pid) == [] and not _alive(escaped), "escaped sleeper reaped")
+
+
+def test_start_returns_the_pid(server: Server) -> None:
+    for argv in (["python3", "-c", "import os; print(os.getpid())"], ["sh", "-c", "echo $$"]):
+        eid = new_id("pid")
+        resp = server.stub.Start(pb.StartRequest(execution_id=eid, command=pb.Command(argv=argv)))
+        assert resp.pid > 0 and resp.started_at.seconds > 0
+        r = server.attach(eid)
+        assert int(r.stdout) == resp.pid == server.status(eid).pid

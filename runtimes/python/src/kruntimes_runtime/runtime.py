@@ -171,8 +171,15 @@ class Runtime:
             self._abandon(spec.execution_id, execution)
             raise
         prepared = execution
+        settled = False
 
         def settle(done: asyncio.Future[int]) -> None:
+            # Once: as the future's callback (also when the caller went away)
+            # or directly after the await, whichever comes first.
+            nonlocal settled
+            if settled:
+                return
+            settled = True
             self._starting.discard(spec.execution_id)
             if done.cancelled() or done.exception() is not None:
                 self._abandon(spec.execution_id, prepared)
@@ -185,6 +192,7 @@ class Runtime:
         future.add_done_callback(settle)
         try:
             await asyncio.shield(future)
+            settle(future)
         except SpawnFailed as e:
             raise FailedPrecondition(e.message) from None
         except ZygoteLost as e:
