@@ -109,7 +109,10 @@ mod tests {
             .filter_map(|l| l.split_whitespace().next())
             .filter(|m| m.starts_with("k8s.io/") && !replaced.contains(m))
             .collect();
-        assert!(unreplaced.is_empty(), "unreplaced staging modules: {unreplaced:?}");
+        assert!(
+            unreplaced.is_empty(),
+            "unreplaced staging modules: {unreplaced:?}"
+        );
     }
 
     #[test]
