@@ -2,10 +2,13 @@
 //!
 //! Offsets are absolute byte positions in the stream. The buffer holds the
 //! bytes `[oldest, end)`; `cursor` is where the current (or last) Attach has
-//! read up to. Bytes before the cursor were sent and are kept only for replay
-//! to a re-Attach; bytes from the cursor on are unsent and never evicted.
-//! The pipe may be read only while `room() > 0`, i.e. while the unsent bytes
-//! fit in the capacity: that is the back-pressure on the child.
+//! read up to. Bytes from the cursor on are unsent and never evicted. Of the
+//! sent bytes, the last `capacity / 2` are *retained*: they count against the
+//! capacity and are never evicted to make room, so a client that died with
+//! bytes in flight (less than that, by its flow-control window) can always
+//! re-Attach from what it persisted. Older sent bytes go first.
+//! The pipe may be read only while `room() > 0`: that is the back-pressure
+//! on the child.
 use std::collections::VecDeque;
 
 /// Largest `OutputChunk.data` sent in one message.
@@ -27,6 +30,8 @@ pub struct StreamBuffer {
     oldest: u64,
     cursor: u64,
     capacity: usize,
+    /// Sent bytes kept for replay, behind the cursor.
+    retain: usize,
     eof: bool,
 }
 
@@ -37,6 +42,7 @@ impl StreamBuffer {
             oldest: 0,
             cursor: 0,
             capacity: capacity.max(1),
+            retain: capacity.max(1) / 2,
             eof: false,
         }
     }
@@ -57,21 +63,29 @@ impl StreamBuffer {
         self.data.len()
     }
 
-    /// How many more bytes may be read from the pipe now.
-    pub fn room(&self) -> usize {
-        let unsent = usize::try_from(self.end() - self.cursor).unwrap_or(usize::MAX);
-        self.capacity.saturating_sub(unsent)
+    /// First offset that may not be evicted: unsent bytes and the retained
+    /// window of sent ones.
+    fn protected_from(&self) -> u64 {
+        self.cursor
+            .saturating_sub(self.retain as u64)
+            .max(self.oldest)
     }
 
-    /// Appends bytes read from the pipe, evicting the oldest sent bytes so the
-    /// buffer stays within capacity. Unsent bytes are never evicted; a caller
-    /// that reads at most `room()` bytes keeps the buffer within capacity (a
-    /// re-Attach to an older offset between room() and push() can overshoot it
-    /// by one read at most).
+    /// How many more bytes may be read from the pipe now.
+    pub fn room(&self) -> usize {
+        let protected = usize::try_from(self.end() - self.protected_from()).unwrap_or(usize::MAX);
+        self.capacity.saturating_sub(protected)
+    }
+
+    /// Appends bytes read from the pipe, evicting the oldest sent bytes
+    /// outside the retained window so the buffer stays within capacity.
+    /// Protected bytes are never evicted; a caller that reads at most
+    /// `room()` bytes keeps the buffer within capacity (a re-Attach to an
+    /// older offset between room() and push() can overshoot it by one read).
     pub fn push(&mut self, bytes: &[u8]) {
         let over = (self.data.len() + bytes.len()).saturating_sub(self.capacity);
-        let sent_held = usize::try_from(self.cursor - self.oldest).unwrap_or(usize::MAX);
-        let evict = over.min(sent_held);
+        let evictable = usize::try_from(self.protected_from() - self.oldest).unwrap_or(usize::MAX);
+        let evict = over.min(evictable);
         if evict > 0 {
             // Evict before extending so the deque never grows past capacity.
             self.data.drain(..evict);
@@ -156,19 +170,36 @@ mod tests {
     }
 
     #[test]
-    fn room_is_capacity_minus_unsent() {
-        let mut b = StreamBuffer::new(10);
+    fn room_counts_unsent_and_the_retained_window() {
+        let mut b = StreamBuffer::new(10); // retains 5 sent bytes
         assert_eq!(b.room(), 10);
         b.push(b"abcdef");
         assert_eq!(b.room(), 4);
-        assert_eq!(b.next_chunk(4), Some((0, b"abcd".to_vec())));
-        assert_eq!(b.room(), 8);
-        b.push(b"ghijklmn");
-        // 14 bytes produced, capacity 10: the 4 oldest (sent) bytes were evicted.
-        assert_eq!(b.oldest(), 4);
-        assert_eq!(b.end(), 14);
+        assert_eq!(b.next_chunk(6), Some((0, b"abcdef".to_vec())));
+        // 6 sent: the last 5 are retained, the first may go.
+        assert_eq!(b.room(), 5);
+        b.push(b"ghijk");
+        assert_eq!(b.oldest(), 1);
+        assert_eq!(b.end(), 11);
         assert_eq!(b.held(), 10);
         assert_eq!(b.room(), 0);
+    }
+
+    /// The crash case: a reader took everything and vanished while the child
+    /// keeps writing. The bytes it may not have persisted stay replayable.
+    #[test]
+    fn retained_bytes_survive_while_nobody_reads() {
+        let mut b = StreamBuffer::new(8); // retains 4
+        b.push(b"12345678");
+        drain_all(&mut b);
+        for _ in 0..10 {
+            let n = b.room();
+            b.push(&b"abcdefgh"[..n.min(8)]);
+        }
+        assert_eq!(b.room(), 0, "the child is back-pressured");
+        b.seek(4).unwrap();
+        assert_eq!(drain_all_from(&mut b), b"5678abcd");
+        assert_eq!(b.seek(3), Err(SeekError::Evicted { oldest: 4 }));
     }
 
     #[test]
@@ -213,7 +244,7 @@ mod tests {
         b.seek(3).unwrap();
         assert_eq!(
             b.room(),
-            1,
+            0,
             "replaying moves the cursor back, shrinking room"
         );
         assert_eq!(b.next_chunk(100), Some((3, b"defgh".to_vec())));
