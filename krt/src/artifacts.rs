@@ -282,15 +282,16 @@ where
     S: Stream<Item = std::result::Result<pb::DownloadArtifactResponse, tonic::Status>> + Unpin,
 {
     let part_path = part_path(dest);
+    let existed = part_path.exists();
     let mut part = Part::open(&part_path)?;
     let resumed_from = part.len;
     let mut expected: Option<pb::Artifact> = None;
     let mut resumes = 0;
-    loop {
+    let failed = loop {
         let outcome = receive(&mut open, &mut part, &mut expected, progress).await;
         match outcome {
-            Ok(()) => break,
-            Err(Interrupted::Fatal(e)) => return Err(e),
+            Ok(()) => break None,
+            Err(Interrupted::Fatal(e)) => break Some(e),
             Err(Interrupted::Transport(s)) if resumes < MAX_RESUMES => {
                 resumes += 1;
                 eprintln!(
@@ -301,17 +302,31 @@ where
                 tokio::time::sleep(Duration::from_millis(200) * resumes).await;
             }
             Err(Interrupted::Transport(s)) => {
-                return Err(Error::Local(format!(
-                    "download of {} interrupted at byte {} after {resumes} resumes: {} ({:?}); \
-                     {} keeps what arrived: run the same command again to resume",
+                let keep = if part.len > 0 {
+                    format!(
+                        "; {} keeps what arrived: run the same command again to resume",
+                        part_path.display()
+                    )
+                } else {
+                    String::new()
+                };
+                break Some(Error::Local(format!(
+                    "download of {} interrupted at byte {} after {resumes} resumes: {} ({:?}){keep}",
                     dest.display(),
                     part.len,
                     s.message(),
                     s.code(),
-                    part_path.display()
                 )));
             }
         }
+    };
+    if let Some(e) = failed {
+        // An empty part file we created ourselves would only mislead.
+        if part.len == 0 && !existed {
+            drop(part);
+            let _ = std::fs::remove_file(&part_path);
+        }
+        return Err(e);
     }
     // `receive` only returns Ok with the metadata set and every byte written.
     let meta = expected.unwrap_or_default();
@@ -699,6 +714,7 @@ mod tests {
             .to_string();
         assert!(err.contains("no artifact x"), "{err}");
         assert_eq!(*calls.borrow(), 1);
+        assert!(!part_path(&dest).exists(), "empty part file left behind");
     }
 
     #[test]

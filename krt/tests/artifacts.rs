@@ -215,9 +215,17 @@ fn list_download_resume_and_mismatch() {
     assert!(!tampered.exists() && !out_dir.join("tampered.bin.part").exists());
 
     // Unknown artifact and bad names.
-    let out = run(krt().args(["--addr", a, "artifacts", "download", "art", "nope"]));
+    let out = run(krt().current_dir(&out_dir).args([
+        "--addr",
+        a,
+        "artifacts",
+        "download",
+        "art",
+        "nope",
+    ]));
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
+    assert!(!out_dir.join("nope").exists() && !out_dir.join("nope.part").exists());
     let out = run(krt().args(["--addr", a, "artifacts", "download", "art", "../etc/passwd"]));
     assert_eq!(out.status.code(), Some(125));
     assert!(
