@@ -63,3 +63,18 @@ def test_long_stream_stays_bounded() -> None:
         buf.mark_sent(buf.end)
         assert buf.end - buf.start <= 1024
     assert buf.end == total == 500_000
+
+
+def test_reads_span_chunks_and_trimmed_chunks() -> None:
+    buf = OutputBuffer(12, "stdout")  # retains 6 sent bytes
+    for piece in (b"abcd", b"efgh", b"ijkl"):
+        buf.append(piece)
+    assert buf.read(0, 100) == b"abcdefghijkl"
+    assert buf.read(2, 7) == b"cdefghi"
+    assert buf.read(4, 4) == b"efgh"
+    buf.mark_sent(12)
+    buf.append(b"mnopq")  # evicts abcd and the "e" of efgh
+    assert (buf.start, buf.end) == (5, 17)
+    assert buf.read(5, 100) == b"fghijklmnopq"
+    assert buf.read(16, 100) == b"q"
+    assert buf.read(17, 100) == b""

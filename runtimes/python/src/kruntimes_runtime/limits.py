@@ -20,6 +20,8 @@ DEFAULT_GRACE_MS = 10_000
 DEFAULT_BUFFER_BYTES = 4 << 20
 BUFFER_MIN_BYTES = 64 << 10
 BUFFER_MAX_BYTES = 1 << 30
+# Capacity requested for each execution's stdout pipe (F_SETPIPE_SZ).
+PIPE_BYTES = 256 << 10
 # Largest OutputChunk sent: everything available is coalesced up to this size.
 CHUNK_MAX_BYTES = 256 << 10
 # A chatty child (many small writes in quick succession) is read at most every

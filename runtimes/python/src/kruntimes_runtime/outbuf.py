@@ -12,6 +12,8 @@ is 0 the server stops reading and the child blocks on its full pipe.
 
 from __future__ import annotations
 
+import collections
+
 from .errors import OutOfRange
 
 # runtimed's per-stream HTTP/2 window is 1 MiB; add room for gRPC's own buffers.
@@ -28,8 +30,10 @@ class OutputBuffer:
         self.end = 0
         self.sent = 0
         self.retain = min(capacity // 2, RETAIN_MAX)
-        # bytearray: deleting a prefix is amortized O(1) in CPython.
-        self._data = bytearray()
+        # The bytes as read, oldest first: appending and evicting never move
+        # the whole buffer (a bytearray's front deletion followed by growth
+        # memmoves all of it).
+        self._chunks: collections.deque[bytes] = collections.deque()
 
     def _floor(self) -> int:
         """Bytes at or past this offset must stay."""
@@ -45,13 +49,22 @@ class OutputBuffer:
     def append(self, data: bytes) -> None:
         if len(data) > self.room():
             raise ValueError(f"{len(data)} bytes exceed the {self.room()} bytes of room")
-        self._data += data
+        if not data:
+            return
+        self._chunks.append(bytes(data))
         self.end += len(data)
         overflow = (self.end - self.start) - self.capacity
-        if overflow > 0:
-            # Only old sent bytes go: room() guarantees start + overflow <= floor.
-            del self._data[:overflow]
-            self.start += overflow
+        # Only old sent bytes go: room() guarantees start + overflow <= floor.
+        while overflow > 0:
+            first = self._chunks[0]
+            if len(first) <= overflow:
+                self._chunks.popleft()
+                self.start += len(first)
+                overflow -= len(first)
+            else:
+                self._chunks[0] = first[overflow:]
+                self.start += overflow
+                overflow = 0
 
     def check_offset(self, offset: int, field: str) -> None:
         """OUT_OF_RANGE unless `offset` can be served (start <= offset <= end)."""
@@ -67,9 +80,22 @@ class OutputBuffer:
         """Up to `limit` bytes from `offset` (start <= offset <= end)."""
         if offset < self.start or offset > self.end:
             raise ValueError(f"offset {offset} outside [{self.start}, {self.end}]")
-        lo = offset - self.start
-        with memoryview(self._data) as view:
-            return bytes(view[lo : lo + limit])
+        parts: list[bytes | memoryview] = []
+        pos = self.start
+        wanted = min(limit, self.end - offset)
+        for chunk in self._chunks:
+            if wanted <= 0:
+                break
+            chunk_end = pos + len(chunk)
+            if chunk_end > offset:
+                lo = max(0, offset - pos)
+                take = min(wanted, len(chunk) - lo)
+                parts.append(chunk if lo == 0 and take == len(chunk) else memoryview(chunk)[lo : lo + take])
+                wanted -= take
+            pos = chunk_end
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]  # a whole chunk: no copy
+        return b"".join(parts)
 
     def mark_sent(self, offset: int) -> None:
         """The current reader has been handed everything below `offset`."""

@@ -6,6 +6,7 @@ layer over this."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import shutil
@@ -218,6 +219,7 @@ class Runtime:
             fds += [err_r, err_w]
             os.set_blocking(out_r, False)
             os.set_blocking(err_r, False)
+            _grow_pipe(out_w)
             execution = Execution(
                 loop,
                 spec,
@@ -366,3 +368,12 @@ class Runtime:
             workspace_root=self.root,
             max_executions=self.config.max_executions,
         )
+
+
+def _grow_pipe(fd: int) -> None:
+    """A larger stdout pipe: bulk output is read in fewer, larger reads, and a
+    chatty child blocks less often. Best effort (the per-user pipe quota)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, limits.PIPE_BYTES)
+    except OSError:
+        pass
