@@ -41,7 +41,8 @@ async fn wait_ready(
     }
 }
 
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
+/// Async, so the test's client connections can answer the server's GOAWAY.
+async fn terminate(child: &mut Child) -> std::process::ExitStatus {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -49,7 +50,7 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
             return st;
         }
         assert!(Instant::now() < deadline, "server ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -93,7 +94,7 @@ async fn unix_socket_is_private_and_removed_on_sigterm() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another server is listening"));
 
-    assert!(terminate(&mut child).success());
+    assert!(terminate(&mut child).await.success());
     assert!(!sock.exists(), "socket removed on exit");
 }
 
@@ -138,7 +139,7 @@ async fn tcp_only_on_loopback() {
     let mut child = spawn(&["--listen", &hostport, "--workspace", ws.to_str().unwrap()]);
     let h = wait_ready(&Addr::Tcp(hostport), &mut child).await;
     assert!(h.ready, "{}", h.message);
-    assert!(terminate(&mut child).success());
+    assert!(terminate(&mut child).await.success());
 }
 
 #[tokio::test]
@@ -155,7 +156,7 @@ async fn flags_come_from_the_environment_too() {
         .unwrap();
     let h = wait_ready(&Addr::Unix(sock), &mut child).await;
     assert_eq!(h.max_executions, 7);
-    assert!(terminate(&mut child).success());
+    assert!(terminate(&mut child).await.success());
 }
 
 #[tokio::test]
@@ -173,5 +174,5 @@ async fn missing_bash_means_not_ready() {
     let h = wait_ready(&Addr::Unix(sock), &mut child).await;
     assert!(!h.ready);
     assert!(h.message.contains("/nonexistent/bash"), "{}", h.message);
-    assert!(terminate(&mut child).success());
+    assert!(terminate(&mut child).await.success());
 }

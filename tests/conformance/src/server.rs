@@ -216,6 +216,28 @@ impl ServerUnderTest {
     }
 }
 
+impl ServerUnderTest {
+    /// Stops a launched server without blocking the async runtime (so the
+    /// client side can answer the server's GOAWAY): SIGTERM, a bounded wait,
+    /// then SIGKILL of its process group. Drop does the same, blocking.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
 impl Drop for ServerUnderTest {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {

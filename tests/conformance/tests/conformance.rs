@@ -11,9 +11,12 @@ async fn server() -> ServerUnderTest {
     }
 }
 
-fn verdict(r: Result<(), Failure>, s: &ServerUnderTest) {
+/// Stops the server, then fails the test with the check's message (and the
+/// server's log tail) if the check failed.
+async fn verdict(r: Result<(), Failure>, mut s: ServerUnderTest) {
+    let log = s.log();
+    s.stop().await;
     if let Err(e) = r {
-        let log = s.log();
         if log.is_empty() {
             panic!("{e}");
         }
@@ -27,7 +30,7 @@ macro_rules! conformance {
         async fn $name() {
             let s = server().await;
             let r = $check(&s).await;
-            verdict(r, &s);
+            verdict(r, s).await;
         }
     )*};
 }
@@ -61,5 +64,5 @@ conformance! {
 async fn server_stops_on_sigterm() {
     let mut s = server().await;
     let r = checks::shutdown::stops_on_sigterm(&mut s).await;
-    verdict(r, &s);
+    verdict(r, s).await;
 }
