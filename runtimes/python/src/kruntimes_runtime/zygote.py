@@ -48,6 +48,8 @@ class Zygote:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         # A Python-level handler (not SIG_DFL) so SIGCHLD writes the wakeup fd.
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        # Statuses of spares that died idle, in case a "taken" for one comes late.
+        self.idle_deaths: dict[int, int] = {}
         # When the next spare is to be forked (monotonic time), if not yet.
         self.spare_due: float | None = None
         self.ctrl_poll = select.poll()
@@ -113,6 +115,13 @@ class Zygote:
         (A "taken" for a spare already reaped idle is ignored: the server's
         hand-off to it failed, as its socket was closed.)"""
         if pid != self.spare_pid:
+            died = self.idle_deaths.pop(pid, None)
+            if died is not None:
+                # Reaped as an idle spare before this message was read: its
+                # status still goes to the server, which must not wait forever.
+                self.report(pid, died)
+            elif self.is_child(pid):
+                self.leaders[pid] = execution_id
             return
         self.spare_pid = None
         self.leaders[pid] = execution_id
@@ -178,19 +187,34 @@ class Zygote:
             _, status = os.waitpid(pid, 0)
             if leader:
                 del self.leaders[pid]
-                report: dict[str, Any] = {"op": "exit", "pid": pid, "time_ns": time.time_ns()}
-                if os.WIFSIGNALED(status):
-                    report["signal"] = os.WTERMSIG(status)
-                else:
-                    report["code"] = os.WEXITSTATUS(status)
-                self.send(report)
+                self.report(pid, status)
                 if self.spare_due is not None:
                     self.fork_spare()
             elif pid == self.spare_pid:
                 # It died idle (killed?): withdraw it and fork another.
                 self.spare_pid = None
+                self.idle_deaths[pid] = status
+                while len(self.idle_deaths) > 16:
+                    del self.idle_deaths[next(iter(self.idle_deaths))]
                 self.send({"op": "spare_gone", "pid": pid})
                 self.fork_spare()
+
+    def report(self, pid: int, status: int) -> None:
+        msg: dict[str, Any] = {"op": "exit", "pid": pid, "time_ns": time.time_ns()}
+        if os.WIFSIGNALED(status):
+            msg["signal"] = os.WTERMSIG(status)
+        else:
+            msg["code"] = os.WEXITSTATUS(status)
+        self.send(msg)
+
+    @staticmethod
+    def is_child(pid: int) -> bool:
+        """An unreaped child of ours (its pid cannot have been reused)."""
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
 
     def shutdown(self) -> None:
         """Kill every execution's group and the spare, and reap them (no
