@@ -335,7 +335,7 @@ async fn unreachable_runtime_server_is_unavailable() {
     let sock = format!("bash=unix:{}/absent.sock", dir.path().display());
     let d = Daemon::start(&["--runtime", &sock]).await;
     let mut c = d.client();
-    let e = c.execute(sh("true")).await.err().expect("error");
+    let e = c.execute(sh("true")).await.expect_err("error");
     assert_eq!(e.code(), Code::Unavailable);
     assert!(e.message().contains("absent.sock"), "{}", e.message());
 }
