@@ -78,6 +78,8 @@ impl ControlPlane {
         };
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| Error::io(format!("creating {}", state_dir.display()), e))?;
+        // Keys, tokens and Pod secrets live below: owner only.
+        set_private(&state_dir)?;
         std::fs::write(state_dir.join("owner.pid"), std::process::id().to_string())
             .map_err(|e| Error::io("writing owner.pid", e))?;
         let pki = Pki::generate(&state_dir.join("pki"))?;
@@ -433,4 +435,11 @@ fn cleanup_stale_state_dirs() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// chmod 0700.
+pub(crate) fn set_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("chmod 0700 {}", dir.display()), e))
 }

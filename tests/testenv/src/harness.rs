@@ -45,8 +45,8 @@ impl Default for TestEnvOptions {
 
 /// A running control plane with a test kubelet.
 pub struct TestEnv {
-    // Field order is drop order: kubelet first (kills containers), then its
-    // runtime, then the control plane.
+    // `Drop` stops containers first, then the kubelet's runtime, then the
+    // control plane.
     kubelet: Kubelet,
     runtime: Option<tokio::runtime::Runtime>,
     control_plane: ControlPlane,

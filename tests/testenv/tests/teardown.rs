@@ -46,6 +46,16 @@ fn net_namespaces_in_use() -> Vec<u64> {
     out
 }
 
+/// Exists and is not a zombie (a dead child may wait a moment to be reaped).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
+            !matches!(state, Some("Z") | Some("X"))
+        })
+        .unwrap_or(false)
+}
+
 fn mounts_under(dir: &Path) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -131,10 +141,7 @@ async fn startup_reaches_readyz_and_teardown_leaves_nothing_behind() {
 
     assert_no_processes(&id);
     for pid in shims.iter().chain(&procs) {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} survived"
-        );
+        assert!(!running(*pid), "process {pid} survived");
     }
     assert!(!state_dir.exists(), "{} left behind", state_dir.display());
     let in_use = net_namespaces_in_use();

@@ -89,6 +89,9 @@ impl Kubelet {
         let pods_dir = config.state_dir.join("pods");
         std::fs::create_dir_all(&pods_dir)
             .map_err(|e| Error::io(format!("creating {}", pods_dir.display()), e))?;
+        // Pod volumes hold Secrets and tokens: owner only. Containers still
+        // reach them through their bind mounts.
+        crate::controlplane::set_private(&config.state_dir)?;
         let directory = Arc::new(PodDirectory::default());
         let network = Network::new(&config.state_dir, api_server, directory.clone())
             .map_err(|e| Error::io("starting the API server forwarder", e))?;
@@ -460,6 +463,12 @@ async fn watch_pods(shared: Arc<Shared>, workers: Workers) {
 
 async fn dispatch(shared: &Arc<Shared>, workers: &Workers, next_ip: &AtomicU32, pod: Pod) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // The uid names the Pod's directory: accept only what the API server generates.
+    if uid.is_empty() || uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        tracing::warn!(uid, "ignoring pod with an unexpected uid");
+        return;
+    }
     {
         let Ok(w) = workers.lock() else { return };
         if let Some(h) = w.get(&uid) {

@@ -86,6 +86,11 @@ impl Network {
     ) -> std::io::Result<Arc<Self>> {
         let sock_dir = state_dir.join("s");
         std::fs::create_dir_all(&sock_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The forwarder sockets are for the kubelet only.
+            std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let api_sock = sock_dir.join("api.sock");
         let _ = std::fs::remove_file(&api_sock);
         let listener = UnixListener::bind(&api_sock)?;

@@ -838,6 +838,9 @@ impl PodWorker {
         } else {
             self.containers[i].spec.clone()
         };
+        // Container names become log paths; the API validates them, we re-check.
+        volumes::validate_name(&spec.name)
+            .map_err(|e| ("CreateContainerConfigError", format!("container name: {e}")))?;
         let image = spec.image.clone().unwrap_or_default();
         let rule = self
             .shared

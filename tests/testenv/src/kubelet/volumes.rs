@@ -147,10 +147,11 @@ pub async fn refresh(
     Ok(())
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+/// A name used as a directory name: a DNS label (no `/`, no leading `.`).
+pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 || name.contains('/') || name.starts_with('.') {
         return Err(format!(
-            "invalid volume name {name:?}: must be a DNS label of at most 63 characters"
+            "invalid name {name:?}: must be a DNS label of at most 63 characters"
         ));
     }
     Ok(())
