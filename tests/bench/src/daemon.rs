@@ -33,6 +33,7 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     pub addr: String,
     bash_server: PathBuf,
+    python: Option<PathBuf>,
 }
 
 fn free_port() -> Result<u16> {
@@ -101,6 +102,7 @@ impl Daemon {
             dir,
             addr,
             bash_server,
+            python: o.python.map(Path::to_path_buf),
         };
         d.wait_api().await?;
         Ok(d)
@@ -193,6 +195,17 @@ impl Daemon {
     /// The bash Runtime Server runtimed supervises (its direct child).
     pub fn bash_server_pid(&self) -> Option<u32> {
         crate::procfs::child_running(self.pid(), &self.bash_server)
+    }
+
+    /// The python Runtime Server runtimed supervises, and its zygote (the
+    /// warm interpreter that forks the Runs), when they can be found.
+    pub fn python_server_pids(&self) -> (Option<u32>, Option<u32>) {
+        let Some(py) = &self.python else {
+            return (None, None);
+        };
+        let server = crate::procfs::child_running(self.pid(), py);
+        let zygote = server.and_then(|s| crate::procfs::child_running(s, py));
+        (server, zygote)
     }
 
     /// A directory that lives as long as this runtimed, for helper files.

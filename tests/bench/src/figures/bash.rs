@@ -48,7 +48,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let mut client = ctx.daemon.client()?;
     let n = counts.iterations as usize;
     let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
-    let cpu = CpuMeter::start(&ctx.daemon);
+    let cpu = CpuMeter::start(&ctx.daemon, "bash");
     for i in 0..counts.warmup + counts.iterations {
         let r = blocking(spawn_wait).await?;
         let start = Instant::now();

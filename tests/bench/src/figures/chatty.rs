@@ -62,7 +62,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let n = counts.iterations as usize;
     let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
     let mut messages = Vec::with_capacity(n);
-    let cpu = CpuMeter::start(&ctx.daemon);
+    let cpu = CpuMeter::start(&ctx.daemon, "bash");
     for i in 0..counts.warmup + counts.iterations {
         let p = python.clone();
         let r = blocking(move || to_dev_null(p)).await?;

@@ -61,53 +61,54 @@ pub fn progress(msg: impl AsRef<str>) {
     eprintln!("bench: {}", msg.as_ref());
 }
 
-/// CPU time runtimed and its bash Runtime Server spend over a figure's loop,
-/// so a ratio can be attributed (CPU time is also far less sensitive to a
-/// busy machine than wall-clock time).
+/// CPU time runtimed and the Runtime Server processes spend over a figure's
+/// loop, so a ratio can be attributed (CPU time is also far less sensitive
+/// to a busy machine than wall-clock time).
 pub struct CpuMeter {
-    runtimed: u32,
-    bash: Option<u32>,
-    at_start: (Option<f64>, Option<f64>),
+    /// (process, pid, CPU ms at the start)
+    procs: Vec<(&'static str, u32, Option<f64>)>,
 }
 
 impl CpuMeter {
-    pub fn start(d: &Daemon) -> CpuMeter {
-        let runtimed = d.pid();
-        let bash = d.bash_server_pid();
-        CpuMeter {
-            runtimed,
-            bash,
-            at_start: (cpu_ms(Some(runtimed)), cpu_ms(bash)),
+    /// Meters runtimed and the server of `runtime` ("bash" or "python").
+    pub fn start(d: &Daemon, runtime: &str) -> CpuMeter {
+        let mut pids = vec![("runtimed", Some(d.pid()))];
+        match runtime {
+            "python" => {
+                let (server, zygote) = d.python_server_pids();
+                pids.push(("python server", server));
+                pids.push(("python zygote", zygote));
+            }
+            _ => pids.push(("bash server", d.bash_server_pid())),
         }
+        let procs = pids
+            .into_iter()
+            .filter_map(|(name, pid)| pid.map(|p| (name, p, cpu_ms(p))))
+            .collect();
+        CpuMeter { procs }
     }
 
-    /// "CPU per Run: runtimed X ms, bash server Y ms" over `runs` Runs.
+    /// "CPU per Run (...): runtimed X ms, bash server Y ms" over `runs` Runs.
     pub fn note(&self, runs: u32) -> String {
-        let per = |start: Option<f64>, pid: Option<u32>| match (start, cpu_ms(pid)) {
-            (Some(a), Some(b)) if runs > 0 => format!("{:.2} ms", (b - a) / f64::from(runs)),
-            _ => "unknown".into(),
-        };
+        let parts: Vec<String> = self
+            .procs
+            .iter()
+            .map(|(name, pid, start)| match (start, cpu_ms(*pid)) {
+                (Some(a), Some(b)) if runs > 0 => {
+                    format!("{name} {:.2} ms", (b - a) / f64::from(runs))
+                }
+                _ => format!("{name} unknown"),
+            })
+            .collect();
         format!(
-            "CPU per Run (avg of {runs}, 10 ms ticks): runtimed {}, bash server {}",
-            per(self.at_start.0, Some(self.runtimed)),
-            per(self.at_start.1, self.bash)
+            "CPU per Run (avg of {runs}, 10 ms ticks): {}",
+            parts.join(", ")
         )
-    }
-
-    /// Only runtimed's share (for Runs that do not use the bash server).
-    pub fn runtimed_note(&self, runs: u32) -> String {
-        match (self.at_start.0, cpu_ms(Some(self.runtimed))) {
-            (Some(a), Some(b)) if runs > 0 => format!(
-                "runtimed CPU per Run (avg of {runs}, 10 ms ticks): {:.2} ms",
-                (b - a) / f64::from(runs)
-            ),
-            _ => "runtimed CPU per Run: unknown".into(),
-        }
     }
 }
 
-fn cpu_ms(pid: Option<u32>) -> Option<f64> {
-    crate::procfs::cpu_ms(pid?)
+fn cpu_ms(pid: u32) -> Option<f64> {
+    crate::procfs::cpu_ms(pid)
 }
 
 /// How long to let things settle before sampling memory.

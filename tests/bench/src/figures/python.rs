@@ -120,7 +120,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     ));
     let n = counts.iterations as usize;
     let (mut warm, mut cold_s) = (Samples::with_capacity(n), Samples::with_capacity(n));
-    let cpu = CpuMeter::start(&ctx.daemon);
+    let cpu = CpuMeter::start(&ctx.daemon, "python");
     for i in 0..counts.warmup + counts.iterations {
         let p = python.clone();
         let c = blocking(move || cold(p)).await?;
@@ -136,7 +136,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
             }
         }
     }
-    let runtimed_cpu = cpu.runtimed_note(counts.warmup + counts.iterations);
+    let runtimed_cpu = cpu.note(counts.warmup + counts.iterations);
     progress(format!(
         "{BASELINE_JUPYTER}: {} warm-up + {} iterations",
         counts.warmup, counts.iterations

@@ -92,7 +92,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
     let mut messages = 0u64;
     let arg = bytes.to_string();
-    let cpu = CpuMeter::start(&ctx.daemon);
+    let cpu = CpuMeter::start(&ctx.daemon, "bash");
     for i in 0..counts.warmup + counts.iterations {
         let r = blocking(move || raw_pipe(bytes)).await?;
         let start = Instant::now();
