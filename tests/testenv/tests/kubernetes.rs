@@ -872,3 +872,59 @@ async fn pvc_from_the_default_storage_class_is_mounted() {
     .await;
     assert!(!path.exists(), "{} left behind", path.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_kills_after_the_grace_period_and_removes_the_pod() {
+    let env = env().await;
+    let ns = env.namespace().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(env.client().await.unwrap(), &ns);
+    let out = tempfile::tempdir().unwrap();
+    // `read < /proc/self/stat` is opened by the shell itself: its host pid,
+    // which `exec sleep` keeps. sleep as PID 1 ignores SIGTERM.
+    let pod = pod_from(json!({
+        "metadata": {"name": "stubborn"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c",
+                "read -r stat < /proc/self/stat; echo ${stat%% *} > /out/pid; exec sleep 3600"],
+                "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+            "volumes": [{"name": "out", "hostPath": {"path": out.path()}}],
+        },
+    }));
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait_pod(&pods, "stubborn", "Running", |p| phase(p) == "Running").await;
+    let pid: u32 = wait_for("the pid file", || async {
+        std::fs::read_to_string(out.path().join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .await;
+    assert!(alive(pid), "the container process {pid} runs");
+    pods.delete("stubborn", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the pod to be removed", || async {
+        pods.get_opt("stubborn").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(!alive(pid), "process {pid} outlived its deleted pod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_lease_is_renewed() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let env = env().await;
+    let leases: Api<Lease> = Api::namespaced(env.client().await.unwrap(), "kube-node-lease");
+    let node = env.kubelet().node_name().to_string();
+    let first = wait_for("the node lease", || async {
+        leases.get_opt(&node).await.ok()??.spec?.renew_time
+    })
+    .await;
+    wait_for("a later renewTime", || async {
+        let t = leases.get(&node).await.ok()?.spec?.renew_time?;
+        (t.0 > first.0).then_some(())
+    })
+    .await;
+}
