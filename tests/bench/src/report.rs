@@ -5,13 +5,15 @@ use serde::Serialize;
 
 /// What a figure's numbers measure; decides formatting.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
 pub enum Unit {
     /// Milliseconds of latency (lower is better).
+    #[serde(rename = "ms")]
     Ms,
     /// Megabytes (10^6 bytes) per second (higher is better).
+    #[serde(rename = "MB/s")]
     MBps,
     /// Mebibytes of resident memory.
+    #[serde(rename = "MiB")]
     MiB,
 }
 
