@@ -928,3 +928,70 @@ async fn node_lease_is_renewed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_context_and_host_aliases_are_applied() {
+    let env = env().await;
+    let ns = env.namespace().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(env.client().await.unwrap(), &ns);
+    let script = "id -u; \
+        if touch /tmp/x 2>/dev/null; then echo tmp-writable; else echo tmp-readonly; fi; \
+        echo ok > /scratch/f && echo scratch-writable; \
+        grep -q 'hostalias.test' /etc/hosts && echo alias-ok";
+    let pod = pod_from(json!({
+        "metadata": {"name": "restricted"},
+        "spec": {
+            "restartPolicy": "Never",
+            "hostAliases": [{"ip": "127.5.5.5", "hostnames": ["hostalias.test"]}],
+            "securityContext": {"runAsUser": 1000, "runAsNonRoot": true},
+            "containers": [{
+                "name": "c", "image": "busybox", "command": ["sh", "-c", script],
+                "securityContext": {"readOnlyRootFilesystem": true},
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+            }],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+        },
+    }));
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait_pod(&pods, "restricted", "terminal", |p| {
+        matches!(phase(p).as_str(), "Succeeded" | "Failed")
+    })
+    .await;
+    let log = env
+        .kubelet()
+        .container_log(&ns, "restricted", "c")
+        .await
+        .unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        vec!["1000", "tmp-readonly", "scratch-writable", "alias-ok"]
+    );
+
+    // runAsNonRoot with an image that runs as root is refused.
+    let pod = pod_from(json!({
+        "metadata": {"name": "root-refused"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "60"],
+                                 "securityContext": {"runAsNonRoot": true}}]},
+    }));
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let p = wait_pod(&pods, "root-refused", "CreateContainerConfigError", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c[0].state.as_ref()?.waiting.clone())
+            .is_some_and(|w| w.reason.as_deref() == Some("CreateContainerConfigError"))
+    })
+    .await;
+    let w = p.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert!(
+        w.message
+            .unwrap()
+            .contains("runAsNonRoot and image will run as root"),
+        "message names the rule"
+    );
+}

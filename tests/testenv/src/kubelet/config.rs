@@ -46,6 +46,10 @@ pub struct ImageRule {
     /// The image's WORKDIR when the container sets no `workingDir`.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// The image's USER (numeric uid) when the Pod sets no `runAsUser`;
+    /// root when absent (so `runAsNonRoot` Pods are refused, as for a root image).
+    #[serde(default)]
+    pub user: Option<u32>,
 }
 
 impl ImageRule {
@@ -67,6 +71,12 @@ impl ImageRule {
     /// Maps an in-image program name/path to a host program.
     pub fn with_program(mut self, in_image: impl Into<String>, host: impl Into<String>) -> Self {
         self.programs.insert(in_image.into(), host.into());
+        self
+    }
+
+    /// Sets the image USER.
+    pub fn with_user(mut self, uid: u32) -> Self {
+        self.user = Some(uid);
         self
     }
 

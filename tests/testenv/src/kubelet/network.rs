@@ -50,10 +50,18 @@ struct SvcEntry {
     fingerprint: String,
 }
 
+/// What a Pod's hosts file says about the Pod itself.
+#[derive(Debug, Clone)]
+pub struct PodHosts {
+    pub namespace: String,
+    pub hostname: String,
+    pub pod_ip: Ipv4Addr,
+    /// `spec.hostAliases`, already rendered as hosts lines.
+    pub aliases: String,
+}
+
 struct AttachedPod {
-    namespace: String,
-    hostname: String,
-    pod_ip: Ipv4Addr,
+    hosts: PodHosts,
     hosts_file: PathBuf,
     sandbox: Arc<Sandbox>,
     _api: Option<AbortOnDrop>,
@@ -131,18 +139,16 @@ impl Network {
     }
 
     /// Hosts file of a Pod: itself, the API server and every Service.
-    pub async fn hosts_content(&self, namespace: &str, hostname: &str, pod_ip: Ipv4Addr) -> String {
+    pub async fn hosts_content(&self, pod: &PodHosts) -> String {
         let inner = self.inner.lock().await;
-        render_hosts(&inner, namespace, hostname, pod_ip)
+        render_hosts(&inner, pod)
     }
 
     /// Starts the Pod's forwarders (API server and every Service).
     pub async fn attach(
         &self,
         uid: &str,
-        namespace: &str,
-        hostname: &str,
-        pod_ip: Ipv4Addr,
+        hosts: &PodHosts,
         hosts_file: &Path,
         sandbox: Arc<Sandbox>,
     ) -> std::io::Result<()> {
@@ -155,9 +161,7 @@ impl Network {
         let api = spawn_pod_listener(&sandbox, api_addr, self.api_sock.clone()).await?;
         let mut inner = self.inner.lock().await;
         let mut pod = AttachedPod {
-            namespace: namespace.to_string(),
-            hostname: hostname.to_string(),
-            pod_ip,
+            hosts: hosts.clone(),
             hosts_file: hosts_file.to_path_buf(),
             sandbox,
             _api: Some(api),
@@ -174,10 +178,7 @@ impl Network {
                 }
             }
         }
-        write_hosts(
-            &pod.hosts_file,
-            &render_hosts(&inner, namespace, hostname, pod_ip),
-        );
+        write_hosts(&pod.hosts_file, &render_hosts(&inner, hosts));
         inner.pods.insert(uid.to_string(), pod);
         Ok(())
     }
@@ -314,36 +315,37 @@ impl Network {
     }
 }
 
-fn render_hosts(inner: &Inner, namespace: &str, hostname: &str, pod_ip: Ipv4Addr) -> String {
+fn render_hosts(inner: &Inner, pod: &PodHosts) -> String {
     let mut out = String::from(
         "# Kubernetes-managed hosts file (kruntimes test kubelet).\n\
          127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     );
-    out.push_str(&format!("{pod_ip}\t{hostname}\n"));
+    out.push_str(&format!("{}\t{}\n", pod.pod_ip, pod.hostname));
     out.push_str(&format!(
         "{POD_API_SERVER_IP}\tkubernetes.default.svc.cluster.local kubernetes.default.svc kubernetes.default{}\n",
-        if namespace == "default" { " kubernetes" } else { "" }
+        if pod.namespace == "default" { " kubernetes" } else { "" }
     ));
     for ((ns, name), svc) in &inner.services {
         out.push_str(&format!(
             "{}\t{name}.{ns}.svc.cluster.local {name}.{ns}.svc {name}.{ns}{}\n",
             svc.ip,
-            if ns == namespace {
+            if *ns == pod.namespace {
                 format!(" {name}")
             } else {
                 String::new()
             }
         ));
     }
+    if !pod.aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        out.push_str(&pod.aliases);
+    }
     out
 }
 
 fn rewrite_all_hosts(inner: &Inner) {
     for pod in inner.pods.values() {
-        write_hosts(
-            &pod.hosts_file,
-            &render_hosts(inner, &pod.namespace, &pod.hostname, pod.pod_ip),
-        );
+        write_hosts(&pod.hosts_file, &render_hosts(inner, &pod.hosts));
     }
 }
 

@@ -22,7 +22,7 @@ use super::Shared;
 use super::directory::PodEntry;
 use super::downward::{PodRuntimeInfo, expand};
 use super::env::{EnvList, resolve as resolve_env};
-use super::network::{AbortOnDrop, POD_API_SERVER_PORT};
+use super::network::{AbortOnDrop, POD_API_SERVER_PORT, PodHosts};
 use super::probe::{self, ProbeKind, ProbeResult, ProbeTarget};
 use super::process::{Launch, Namespaces, RunAs, spawn};
 use super::sandbox::{MountSpec, Sandbox};
@@ -442,11 +442,13 @@ impl PodWorker {
         let vols = volumes::setup(&ctx, &self.pod_dir).await?;
         let hosts = self.pod_dir.join("hosts");
         let hostname = self.hostname();
-        let content = self
-            .shared
-            .network
-            .hosts_content(&self.namespace, &hostname, self.pod_ip)
-            .await;
+        let pod_hosts = PodHosts {
+            namespace: self.namespace.clone(),
+            hostname: hostname.clone(),
+            pod_ip: self.pod_ip,
+            aliases: self.host_aliases()?,
+        };
+        let content = self.shared.network.hosts_content(&pod_hosts).await;
         std::fs::write(&hosts, content).map_err(|e| format!("writing hosts file: {e}"))?;
         let pod_dir = self.pod_dir.clone();
         let memory_dirs = vols.memory_dirs.clone();
@@ -461,14 +463,7 @@ impl PodWorker {
         let sandbox = Arc::new(sandbox);
         self.shared
             .network
-            .attach(
-                &self.uid,
-                &self.namespace,
-                &hostname,
-                self.pod_ip,
-                &hosts,
-                sandbox.clone(),
-            )
+            .attach(&self.uid, &pod_hosts, &hosts, sandbox.clone())
             .await
             .map_err(|e| format!("starting pod forwarders: {e}"))?;
         let named_ports = self
@@ -491,6 +486,31 @@ impl PodWorker {
         self.sandbox = Some(sandbox);
         self.volumes = Some(vols);
         Ok(())
+    }
+
+    /// `spec.hostAliases` as hosts-file lines; IPs must parse and names may
+    /// not contain whitespace, so nothing can be smuggled into the file.
+    fn host_aliases(&self) -> Result<String, String> {
+        let mut out = String::new();
+        for a in self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_aliases.clone())
+            .unwrap_or_default()
+        {
+            let ip: IpAddr =
+                a.ip.parse()
+                    .map_err(|_| format!("hostAliases ip {:?} is not an IP address", a.ip))?;
+            let names = a.hostnames.unwrap_or_default();
+            if let Some(bad) = names.iter().find(|n| {
+                n.is_empty() || n.len() > 253 || n.chars().any(|c| c.is_whitespace() || c == '#')
+            }) {
+                return Err(format!("hostAliases hostname {bad:?} is not a valid name"));
+            }
+            out.push_str(&format!("{ip}\t{}\n", names.join("\t")));
+        }
+        Ok(out)
     }
 
     fn hostname(&self) -> String {
@@ -934,8 +954,13 @@ impl PodWorker {
                     .sandbox
                     .clone()
                     .ok_or(("CreateContainerError", "no sandbox".to_string()))?;
+                let read_only_root = spec
+                    .security_context
+                    .as_ref()
+                    .and_then(|sc| sc.read_only_root_filesystem)
+                    .unwrap_or(false);
                 let fd = sandbox
-                    .container_mount_ns(mounts)
+                    .container_mount_ns(mounts, read_only_root)
                     .await
                     .map_err(|e| ("CreateContainerError", e.to_string()))?;
                 Arc::new(fd)
@@ -947,11 +972,12 @@ impl PodWorker {
             .clone()
             .or(rule.working_dir.clone())
             .unwrap_or_else(|| "/".into());
+        let run_as = self.run_as(&spec, rule.user)?;
         let launch = Launch {
             argv,
             env: env.into_vec(),
             working_dir,
-            run_as: self.run_as(&spec),
+            run_as,
         };
         Ok((launch, mount_ns, format!("testenv-image://{}", rule.image)))
     }
@@ -1018,22 +1044,57 @@ impl PodWorker {
         Ok(out)
     }
 
-    fn run_as(&self, spec: &Container) -> Option<RunAs> {
+    /// The identity to run as: `runAsUser` (container, then Pod), else the
+    /// image's USER, else root; refused like the kubelet does when
+    /// `runAsNonRoot` is set and that identity is root.
+    fn run_as(
+        &self,
+        spec: &Container,
+        image_user: Option<u32>,
+    ) -> Result<Option<RunAs>, (&'static str, String)> {
         let pod_sc = self
             .pod
             .spec
             .as_ref()
             .and_then(|s| s.security_context.clone());
         let sc = spec.security_context.clone();
-        let uid = sc
+        let bad = |what: &str, v: i64| {
+            (
+                "CreateContainerConfigError",
+                format!("{what} {v} is out of range (0..=4294967295)"),
+            )
+        };
+        let uid = match sc
             .as_ref()
             .and_then(|s| s.run_as_user)
-            .or(pod_sc.as_ref().and_then(|s| s.run_as_user))?;
-        let gid = sc
+            .or(pod_sc.as_ref().and_then(|s| s.run_as_user))
+        {
+            Some(u) => Some(u32::try_from(u).map_err(|_| bad("runAsUser", u))?),
+            None => image_user,
+        };
+        let non_root = sc
+            .as_ref()
+            .and_then(|s| s.run_as_non_root)
+            .or(pod_sc.as_ref().and_then(|s| s.run_as_non_root))
+            .unwrap_or(false);
+        if non_root && uid.unwrap_or(0) == 0 {
+            return Err((
+                "CreateContainerConfigError",
+                format!(
+                    "container has runAsNonRoot and image will run as root (pod: \"{}_{}({})\", container: {})",
+                    self.name, self.namespace, self.uid, spec.name
+                ),
+            ));
+        }
+        let Some(uid) = uid else { return Ok(None) };
+        let gid = match sc
             .as_ref()
             .and_then(|s| s.run_as_group)
             .or(pod_sc.as_ref().and_then(|s| s.run_as_group))
-            .unwrap_or(0);
+        {
+            Some(g) => u32::try_from(g).map_err(|_| bad("runAsGroup", g))?,
+            None => 0,
+        };
         let mut groups: Vec<u32> = pod_sc
             .as_ref()
             .and_then(|s| s.supplemental_groups.clone())
@@ -1044,11 +1105,7 @@ impl PodWorker {
         if let Some(fs) = pod_sc.as_ref().and_then(|s| s.fs_group) {
             groups.extend(u32::try_from(fs).ok());
         }
-        Some(RunAs {
-            uid: u32::try_from(uid).ok()?,
-            gid: u32::try_from(gid).ok()?,
-            groups,
-        })
+        Ok(Some(RunAs { uid, gid, groups }))
     }
 
     fn view(&self) -> PodView<'_> {

@@ -143,8 +143,14 @@ impl Sandbox {
         (ino(&self.net), ino(&self.mnt))
     }
 
-    /// A mount namespace for one container: the Pod's, plus `mounts`.
-    pub async fn container_mount_ns(&self, mounts: Vec<MountSpec>) -> Result<OwnedFd> {
+    /// A mount namespace for one container: the Pod's, plus `mounts`. With
+    /// `read_only_root` everything but the volumes (and /dev, /proc, /sys) is
+    /// read-only, as `securityContext.readOnlyRootFilesystem` asks.
+    pub async fn container_mount_ns(
+        &self,
+        mounts: Vec<MountSpec>,
+        read_only_root: bool,
+    ) -> Result<OwnedFd> {
         let base = self
             .mnt
             .try_clone()
@@ -155,8 +161,19 @@ impl Sandbox {
                     .map_err(|e| Error::sys("unshare(CLONE_NEWNS) for a container", e))
                     .and_then(|()| {
                         let mut owned = Owned::new();
+                        let mut targets = Vec::new();
                         for m in &mounts {
-                            bind_volume(&mut owned, m)?;
+                            targets.push((bind_volume(&mut owned, m)?, m.read_only));
+                        }
+                        if read_only_root {
+                            set_read_only(Path::new("/"), true, true)?;
+                            for special in ["/dev", "/proc", "/sys"] {
+                                set_read_only(Path::new(special), false, true)?;
+                            }
+                            // In mount order, so a nested volume gets its own mode.
+                            for (target, ro) in &targets {
+                                set_read_only(target, *ro, false)?;
+                            }
                         }
                         open_ns("mnt")
                     });
@@ -391,12 +408,56 @@ impl Owned {
 }
 
 /// Binds one volume, creating its mount point (and parents) if needed.
-fn bind_volume(owned: &mut Owned, m: &MountSpec) -> Result<()> {
+fn bind_volume(owned: &mut Owned, m: &MountSpec) -> Result<PathBuf> {
     let source_is_dir = fs::metadata(&m.source)
         .map_err(|e| Error::io(format!("volume source {}", m.source.display()), e))?
         .is_dir();
     let target = ensure_mount_point(owned, &m.target, source_is_dir)?;
-    bind(&m.source, &target, m.read_only)
+    bind(&m.source, &target, m.read_only)?;
+    Ok(target)
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// Sets or clears the read-only flag of the mount at `path` (and, with
+/// `recursive`, of every mount below it).
+fn set_read_only(path: &Path, read_only: bool, recursive: bool) -> Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::invalid("mount path", path.display().to_string(), "contains NUL"))?;
+    let attr = MountAttr {
+        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: if read_only { 0 } else { MOUNT_ATTR_RDONLY },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: valid NUL-terminated path and a correctly sized mount_attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(Error::io(
+            format!("mount_setattr({}, read_only={read_only})", path.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Resolves `target` inside the namespace (following symlinks like /var/run)
