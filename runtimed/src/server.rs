@@ -199,7 +199,9 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     {
         let routes = routes.clone();
         let mut rx = shutdown_rx.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+        // A custom incoming stream ignores the builder's tcp_nodelay: set it
+        // here, or Nagle adds ~40 ms to every small response.
+        let incoming = tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true));
         tasks.spawn(async move {
             builder()
                 .add_routes(routes)

@@ -15,14 +15,20 @@ pub enum Figure {
     Stream,
     /// runtimed and bash server RSS idle and with Runs active.
     Memory,
+    /// Logs follow throughput of a Run writing --stream-bytes vs a raw pipe.
+    Follow,
+    /// DownloadArtifact of a --stream-bytes artifact vs nginx + curl.
+    Artifact,
 }
 
-pub const ALL: [Figure; 5] = [
+pub const ALL: [Figure; 7] = [
     Figure::Memory,
     Figure::Bash,
     Figure::Python,
     Figure::Chatty,
     Figure::Stream,
+    Figure::Follow,
+    Figure::Artifact,
 ];
 
 #[derive(Debug, Clone, clap::Parser)]

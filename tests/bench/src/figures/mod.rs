@@ -1,9 +1,10 @@
-//! The five figures. Each measures its subject and its baseline in the same
+//! The figures. Each measures its subject and its baseline in the same
 //! run (interleaved where both are cheap, so both see the same machine load)
 //! and returns report rows; a figure that cannot run returns rows that say why.
 
 pub mod bash;
 pub mod chatty;
+pub mod dataplane;
 pub mod jupyter;
 pub mod memory;
 pub mod python;
@@ -35,6 +36,8 @@ pub async fn run(ctx: &Context, figure: Figure) -> Vec<Row> {
         Figure::Chatty => chatty::measure(ctx).await,
         Figure::Stream => streaming::measure(ctx).await,
         Figure::Memory => memory::measure(ctx).await,
+        Figure::Follow => dataplane::follow(ctx).await,
+        Figure::Artifact => dataplane::download(ctx).await,
     };
     result.unwrap_or_else(|e| {
         let name = format!("{figure:?}").to_lowercase();

@@ -29,7 +29,7 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn raw_pipe(bytes: u64) -> Result<Duration> {
+pub(super) fn raw_pipe(bytes: u64) -> Result<Duration> {
     let start = Instant::now();
     let mut child = Command::new("head")
         .args(["-c", &bytes.to_string(), "/dev/zero"])
@@ -66,7 +66,7 @@ fn raw_pipe(bytes: u64) -> Result<Duration> {
 }
 
 /// MB/s (10^6 bytes per second) at the p50 and p90 durations.
-fn rate(s: &Samples, bytes: u64) -> Option<Value> {
+pub(super) fn rate(s: &Samples, bytes: u64) -> Option<Value> {
     let mbps = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
     Some(Value {
         p50: mbps(s.p50()?),
