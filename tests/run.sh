@@ -54,8 +54,9 @@ while read -r p f; do
   failed=$((failed + f))
 done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' \
   "$log_dir/cargo.log" "$log_dir/conformance-python.log")
-py_passed=$(grep -oE '[0-9]+ passed' "$log_dir/pytest.log" | tail -n 1 | cut -d' ' -f1)
-py_failed=$(grep -oE '[0-9]+ failed' "$log_dir/pytest.log" | tail -n 1 | cut -d' ' -f1)
+# (grep finds nothing when there is nothing to count: not an error here)
+py_passed=$(grep -oE '[0-9]+ passed' "$log_dir/pytest.log" | tail -n 1 | cut -d' ' -f1 || true)
+py_failed=$(grep -oE '[0-9]+ failed' "$log_dir/pytest.log" | tail -n 1 | cut -d' ' -f1 || true)
 passed=$((passed + ${py_passed:-0}))
 failed=$((failed + ${py_failed:-0}))
 rm -rf "$log_dir"
