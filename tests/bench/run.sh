@@ -11,6 +11,15 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 
 cargo build --release -p runtimed -p kruntimes-bash-runtime -p kruntimes-bench
 
+# nginx and curl are the artifact-download baseline (Debian packages).
+if ! command -v nginx >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq nginx-light curl >/dev/null
+    else
+        echo "run.sh: nginx and curl are missing (apt-get install nginx-light curl); the artifact figure will say n/a" >&2
+    fi
+fi
+
 # The venv of the python runtime with the "bench" extra (jupyter_client,
 # ipykernel); the script prints the venv's python as its last line.
 if [ -z "${KRUNTIMES_PYTHON:-}" ]; then
