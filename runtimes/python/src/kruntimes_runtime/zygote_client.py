@@ -238,13 +238,13 @@ class ZygoteClient:
     ) -> int:
         try:
             while True:
-                loop = self._require_alive()
-                ready: asyncio.Future[None] = loop.create_future()
-                self._spare_waiters.append(ready)
-                await ready
+                # The pool first: a spare may have arrived before this task ran.
                 pid = self._hand_off(execution_id, plan, fds, on_exit)
                 if pid is not None:
                     return pid
+                ready: asyncio.Future[None] = self._require_alive().create_future()
+                self._spare_waiters.append(ready)
+                await ready
         finally:
             _close_all(fds)
 
