@@ -2,94 +2,15 @@
 //! store: list (text and JSON), download with verification, resume from a
 //! part file, and digest mismatches (a bad part file, a tampered store).
 
+mod common;
+
+use common::{Runtimed, free_port, krt, run, text};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-fn krt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_krt"))
-}
-
-fn bin(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_krt"))
-        .parent()
-        .unwrap()
-        .join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build the workspace first (`cargo build --workspace`)",
-        p.display()
-    );
-    p
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().expect("run krt")
-}
 
 fn sha256(path: &Path) -> String {
     use sha2::Digest;
     let data = std::fs::read(path).unwrap();
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data)))
-}
-
-struct Runtimed {
-    child: Child,
-    addr: String,
-}
-
-impl Runtimed {
-    fn start(data: &Path, store: &Path) -> Runtimed {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(data.join("runtimed.log")).unwrap();
-        let child = Command::new(bin("runtimed"))
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--artifact-store")
-            .arg(format!("fs:{}", store.display()))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--metrics-listen",
-                "off",
-                "--local-runtimes",
-                "bash",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let start = Instant::now();
-        loop {
-            let out = run(krt().args(["--addr", &addr, "run", "--", "true"]));
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "runtimed not ready: {}",
-                text(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Runtimed { child, addr }
-    }
-}
-
-impl Drop for Runtimed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -101,7 +22,8 @@ fn list_download_resume_and_mismatch() {
     for d in [&data, &store, &out_dir] {
         std::fs::create_dir_all(d).unwrap();
     }
-    let d = Runtimed::start(&data, &store);
+    let store_arg = format!("fs:{}", store.display());
+    let d = Runtimed::start(&data, free_port(), &["--artifact-store", &store_arg]);
     let a = d.addr.as_str();
 
     let out = run(krt().args([

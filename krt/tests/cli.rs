@@ -1,33 +1,10 @@
 //! krt end to end with real runtimed, Runtime Server and child processes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn krt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_krt"))
-}
-
-fn bin(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_krt"))
-        .parent()
-        .unwrap()
-        .join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build the workspace first (`cargo build --workspace`)",
-        p.display()
-    );
-    p
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().expect("run krt")
-}
+use common::{Runtimed, bin, free_port, krt, run, text};
+use std::process::Stdio;
+use std::time::Duration;
 
 #[test]
 fn local_runs_bash_and_exits_with_the_runs_code() {
@@ -103,73 +80,10 @@ fn local_runs_python_on_the_warm_server() {
     assert_eq!(text(&out.stdout), "42\n");
 }
 
-struct Runtimed {
-    child: Child,
-    addr: String,
-}
-
-impl Runtimed {
-    fn start(data: &Path, port: u16) -> Runtimed {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("log"))
-            .unwrap();
-        let child = Command::new(bin("runtimed"))
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--metrics-listen",
-                "off",
-                "--local-runtimes",
-                "bash",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let start = Instant::now();
-        // Ready once `krt list` answers and the bash runtime accepts a Run.
-        loop {
-            let out = run(krt().args(["--addr", &addr, "run", "--", "true"]));
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "runtimed not ready: {}",
-                text(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Runtimed { child, addr }
-    }
-}
-
-impl Drop for Runtimed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn run_get_list_logs_wait_cancel_against_a_runtimed() {
     let data = tempfile::tempdir().unwrap();
-    let d = Runtimed::start(data.path(), free_port());
+    let d = Runtimed::start(data.path(), free_port(), &[]);
     let a = d.addr.as_str();
     let out = run(krt().args([
         "--addr",
@@ -228,7 +142,7 @@ fn run_get_list_logs_wait_cancel_against_a_runtimed() {
 fn logs_follow_survives_a_runtimed_restart() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let d = Runtimed::start(data.path(), port);
+    let d = Runtimed::start(data.path(), port, &[]);
     let a = d.addr.clone();
     let out = run(krt().args([
         "--addr",
@@ -256,7 +170,7 @@ fn logs_follow_survives_a_runtimed_restart() {
     d.child.wait().unwrap();
     std::mem::forget(d);
     std::thread::sleep(Duration::from_millis(300));
-    let _d2 = Runtimed::start(data.path(), port);
+    let _d2 = Runtimed::start(data.path(), port, &[]);
     let out = follower.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let want: String = (1..=40).map(|i| format!("line {i}\n")).collect();
