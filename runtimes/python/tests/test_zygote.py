@@ -270,3 +270,20 @@ def test_stdio_objects_match_cold(tmp_path: Path) -> None:
             assert (out, err) == (cold.stdout, cold.stderr)
 
     run(_with(tmp_path, body))
+
+
+def test_starts_waiting_for_spares(tmp_path: Path) -> None:
+    """More Starts than spares, at once and back to back: each waits for a
+    spare (one arriving before the waiting task runs included) and none hangs."""
+
+    async def body(h: Harness) -> None:
+        for _ in range(3):
+            results = await asyncio.wait_for(
+                asyncio.gather(*(h.run(["python3", "-c", f"print({i})"]) for i in range(12))), 120
+            )
+            assert [out for _, out, _, _ in results] == [f"{i}\n".encode() for i in range(12)]
+        for i in range(20):
+            _, out, _, _ = await asyncio.wait_for(h.run(["python3", "-c", f"print({i})"]), 60)
+            assert out == f"{i}\n".encode()
+
+    run(_with(tmp_path, body))
