@@ -16,6 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("kruntimes_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // `bytes` fields as `Bytes`: output chunks move from the pipe to the
+    // spool and to followers without copies.
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(fds)?;
     Ok(())
 }
