@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper_util::rt::TokioIo;
 use kruntimes_proto::runtime::v1::runtime_server_client::RuntimeServerClient;
 use kruntimes_proto::runtime::v1::{
-    AttachRequest, Command, ExecutionEvent, Exit, StartRequest, StartResponse, Stream,
-    execution_event, exit, start_request,
+    AttachRequest, Command, ExecutionEvent, Exit, StartRequest, Started, Stream, execution_event,
+    exit, start_request,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status, Streaming};
@@ -105,15 +105,60 @@ pub fn sh(id: &str, script: &str) -> StartRequest {
     command(id, &["sh", "-c", script])
 }
 
-pub async fn start(client: &mut Client, req: StartRequest) -> Result<StartResponse, Failure> {
+/// Calls Start and reads its first event, which must be `started`. Errors
+/// are returned as the server sent them, whether it failed the call or the
+/// stream's first message (both are allowed for a server-streaming RPC).
+pub async fn start_raw(
+    client: &mut Client,
+    req: StartRequest,
+) -> Result<(Started, Streaming<ExecutionEvent>), Status> {
     let id = req.execution_id.clone();
-    let r = tokio::time::timeout(STEP_TIMEOUT, client.start(req))
+    let late = || Status::deadline_exceeded(format!("Start {id}: no answer in {STEP_TIMEOUT:?}"));
+    let mut stream = tokio::time::timeout(STEP_TIMEOUT, client.start(req))
         .await
-        .map_err(|_| Failure::Violation(format!("Start {id}: no answer in {STEP_TIMEOUT:?}")))?
-        .map_err(Failure::rpc(format!("Start {id}")))?
+        .map_err(|_| late())??
         .into_inner();
-    ensure!(r.pid > 0, "Start {id}: pid {} is not a process id", r.pid);
-    Ok(r)
+    match tokio::time::timeout(STEP_TIMEOUT, stream.message())
+        .await
+        .map_err(|_| late())??
+    {
+        Some(ExecutionEvent {
+            event: Some(execution_event::Event::Started(s)),
+        }) => Ok((s, stream)),
+        Some(other) => Err(Status::internal(format!(
+            "Start {id}: the first event must be `started`, got {other:?}"
+        ))),
+        None => Err(Status::internal(format!(
+            "Start {id}: the stream ended without any event"
+        ))),
+    }
+}
+
+/// A started execution: its pid, and its Start stream read with the same
+/// invariants as an Attach from 0/0. Dropping `events` leaves it running.
+pub struct StartedExecution {
+    pub pid: i32,
+    pub events: AttachReader,
+}
+
+pub async fn start(client: &mut Client, req: StartRequest) -> Result<StartedExecution, Failure> {
+    let id = req.execution_id.clone();
+    let (started, stream) = start_raw(client, req)
+        .await
+        .map_err(Failure::rpc(format!("Start {id}")))?;
+    ensure!(
+        started.pid > 0,
+        "Start {id}: pid {} is not a process id",
+        started.pid
+    );
+    ensure!(
+        started.started_at.is_some(),
+        "Start {id}: `started` has no started_at"
+    );
+    Ok(StartedExecution {
+        pid: started.pid,
+        events: AttachReader::from_stream(&id, stream, 0, 0),
+    })
 }
 
 /// The status of an Exit, or a Violation if neither code nor signal is set.
@@ -177,7 +222,17 @@ impl AttachReader {
             .map_err(Failure::rpc(format!(
                 "Attach {id} at ({stdout_offset}, {stderr_offset})"
             )))?;
-        Ok(Self {
+        Ok(Self::from_stream(id, stream, stdout_offset, stderr_offset))
+    }
+
+    /// Reads an already open event stream (Attach, or Start after `started`).
+    pub fn from_stream(
+        id: &str,
+        stream: Streaming<ExecutionEvent>,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> Self {
+        Self {
             id: id.to_string(),
             stream,
             stdout: Vec::new(),
@@ -186,7 +241,7 @@ impl AttachReader {
             next_err: stderr_offset,
             messages: 0,
             exit: None,
-        })
+        }
     }
 
     /// Receives one event; false when the exit was received (stream checked
@@ -253,6 +308,9 @@ impl AttachReader {
                 self.exit = Some(exit);
                 Ok(false)
             }
+            Some(execution_event::Event::Started(_)) => Err(Failure::Violation(format!(
+                "{id}: `started` is only allowed as the first event of a Start stream"
+            ))),
             None => Err(Failure::Violation(format!(
                 "{id}: ExecutionEvent without event"
             ))),
@@ -312,11 +370,9 @@ pub async fn collect(client: &mut Client, id: &str) -> Result<Collected, Failure
     AttachReader::open(client, id, 0, 0).await?.finish().await
 }
 
-/// Starts and collects.
+/// Starts and reads everything from the Start stream.
 pub async fn run(client: &mut Client, req: StartRequest) -> Result<Collected, Failure> {
-    let id = req.execution_id.clone();
-    start(client, req).await?;
-    collect(client, &id).await
+    start(client, req).await?.events.finish().await
 }
 
 /// Checks that `r` failed with `code` and that the message mentions every

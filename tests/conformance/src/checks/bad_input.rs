@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use kruntimes_proto::runtime::v1::{Script, StartRequest, start_request};
 use tonic::Code;
 
-use crate::client::{command, expect_error, sh, unique_id};
+use crate::client::{command, expect_error, sh, start_raw, unique_id};
 use crate::{Failure, ServerUnderTest, ensure};
 
 /// Bad execution ids ("", ".hidden", "a/b", "../x", 129 bytes), empty argv,
@@ -19,7 +19,7 @@ pub async fn bad_input(s: &ServerUnderTest) -> Result<(), Failure> {
     for bad in ["", ".hidden", "a/b", "../x", &"x".repeat(129)] {
         expect_error(
             &format!("Start with execution_id {bad:?}"),
-            c.start(sh(bad, "true")).await,
+            start_raw(&mut c, sh(bad, "true")).await,
             Code::InvalidArgument,
             &["execution_id"],
         )?;
@@ -28,7 +28,7 @@ pub async fn bad_input(s: &ServerUnderTest) -> Result<(), Failure> {
     let id = unique_id("bad");
     expect_error(
         "Start with empty argv",
-        c.start(command(&id, &[])).await,
+        start_raw(&mut c, command(&id, &[])).await,
         Code::InvalidArgument,
         &["argv"],
     )?;
@@ -38,13 +38,13 @@ pub async fn bad_input(s: &ServerUnderTest) -> Result<(), Failure> {
     };
     expect_error(
         "Start without a program",
-        c.start(no_program).await,
+        start_raw(&mut c, no_program).await,
         Code::InvalidArgument,
         &[],
     )?;
     expect_error(
         "Start with NUL in an argument",
-        c.start(command(&unique_id("bad"), &["echo", "a\0b"])).await,
+        start_raw(&mut c, command(&unique_id("bad"), &["echo", "a\0b"])).await,
         Code::InvalidArgument,
         &["arg"],
     )?;
@@ -59,7 +59,7 @@ pub async fn bad_input(s: &ServerUnderTest) -> Result<(), Failure> {
         req.env = HashMap::from([(name.to_string(), value.to_string())]);
         expect_error(
             &format!("Start with env {name:?}={value:?}"),
-            c.start(req).await,
+            start_raw(&mut c, req).await,
             Code::InvalidArgument,
             &["env"],
         )?;
@@ -70,7 +70,7 @@ pub async fn bad_input(s: &ServerUnderTest) -> Result<(), Failure> {
     argv.extend(std::iter::repeat_n(big.as_str(), 40));
     let st = expect_error(
         "Start with a 2.5 MiB argument list",
-        c.start(command(&unique_id("bad"), &argv)).await,
+        start_raw(&mut c, command(&unique_id("bad"), &argv)).await,
         Code::InvalidArgument,
         &["arg"],
     )?;
@@ -83,7 +83,7 @@ pub async fn bad_input(s: &ServerUnderTest) -> Result<(), Failure> {
     let script = StartRequest {
         execution_id: unique_id("bad"),
         program: Some(start_request::Program::Script(Script {
-            source: b"true".to_vec(),
+            source: bytes::Bytes::from_static(b"true"),
             args: vec![],
             filename: "a/b".into(),
         })),
@@ -91,15 +91,18 @@ pub async fn bad_input(s: &ServerUnderTest) -> Result<(), Failure> {
     };
     expect_error(
         "Start with script filename \"a/b\"",
-        c.start(script).await,
+        start_raw(&mut c, script).await,
         Code::InvalidArgument,
         &["filename"],
     )?;
 
     expect_error(
         "Start of a program that does not exist",
-        c.start(command(&unique_id("bad"), &["krt-conf-no-such-program"]))
-            .await,
+        start_raw(
+            &mut c,
+            command(&unique_id("bad"), &["krt-conf-no-such-program"]),
+        )
+        .await,
         Code::FailedPrecondition,
         &["krt-conf-no-such-program"],
     )?;

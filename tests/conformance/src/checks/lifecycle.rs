@@ -4,7 +4,9 @@ use kruntimes_proto::runtime::v1::{
 };
 use tonic::Code;
 
-use crate::client::{Ended, attach_raw, collect, ended, expect_error, run, sh, start, unique_id};
+use crate::client::{
+    Ended, attach_raw, collect, ended, expect_error, run, sh, start, start_raw, unique_id,
+};
 use crate::{Failure, ServerUnderTest, ensure};
 
 /// While running: Status says RUNNING with the pid Start returned, List
@@ -56,7 +58,7 @@ pub async fn lifecycle(s: &ServerUnderTest) -> Result<(), Failure> {
 
     expect_error(
         "second Start with a running id",
-        c.start(sh(&id, "true")).await,
+        start_raw(&mut c, sh(&id, "true")).await,
         Code::AlreadyExists,
         &[],
     )?;
@@ -81,7 +83,7 @@ pub async fn lifecycle(s: &ServerUnderTest) -> Result<(), Failure> {
     );
     expect_error(
         "second Start with a finished, not forgotten id",
-        c.start(sh(&id, "true")).await,
+        start_raw(&mut c, sh(&id, "true")).await,
         Code::AlreadyExists,
         &[],
     )?;

@@ -22,7 +22,7 @@ pub async fn script(s: &ServerUnderTest) -> Result<(), Failure> {
     let req = StartRequest {
         execution_id: id.clone(),
         program: Some(start_request::Program::Script(Script {
-            source: source.to_vec(),
+            source: source.to_vec().into(),
             args: vec!["one".into(), "two words".into()],
             filename: "hello.script".into(),
         })),

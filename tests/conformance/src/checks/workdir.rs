@@ -2,7 +2,7 @@
 //! created, per execution, and never outside the execution directory.
 use tonic::Code;
 
-use crate::client::{Ended, ended, expect_error, run, sh, unique_id};
+use crate::client::{Ended, ended, expect_error, run, sh, start_raw, unique_id};
 use crate::{Failure, ServerUnderTest, ensure};
 
 /// An execution runs in `<workspace_root>/<id>` (working_dir ""), or in the
@@ -48,7 +48,7 @@ pub async fn working_directory(s: &ServerUnderTest) -> Result<(), Failure> {
         req.working_dir = bad.into();
         expect_error(
             &format!("Start with working_dir {bad:?}"),
-            c.start(req).await,
+            start_raw(&mut c, req).await,
             Code::InvalidArgument,
             &["working_dir"],
         )?;
