@@ -498,7 +498,7 @@ mod tests {
             event: Some(pb::download_artifact_response::Event::Chunk(
                 pb::ArtifactChunk {
                     offset: offset as u64,
-                    data: data.to_vec(),
+                    data: data.to_vec().into(),
                 },
             )),
         })

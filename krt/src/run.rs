@@ -45,7 +45,7 @@ pub fn request(p: &ProgramArgs, detach: bool) -> Result<pb::ExecuteRequest> {
         };
         (
             pb::execute_request::Program::Script(pb::Script {
-                source,
+                source: source.into(),
                 args: p.args.clone(),
                 filename,
             }),

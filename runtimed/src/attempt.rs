@@ -1,7 +1,7 @@
-//! Drives one attempt of a Run on its Runtime Server after Start: attaches to
-//! the execution's output (re-attaching from the spooled per-stream offsets if
-//! the stream breaks), spools every chunk, and turns the Exit into the Run's
-//! final state. A Runtime Server that dies mid-Run ends the Run with a reason
+//! Drives one attempt of a Run on its Runtime Server after Start: reads the
+//! rest of the Start stream (re-attaching from the spooled per-stream offsets
+//! if it breaks), spools every chunk, and turns the Exit into the Run's final
+//! state. A Runtime Server that dies mid-Run ends the Run with a reason
 //! that says so.
 
 use crate::metrics::{Metrics, ResultLabels, RuntimeLabels};
@@ -35,6 +35,9 @@ pub struct Attempt {
     pub permit: Option<OwnedSemaphorePermit>,
     /// Called as the Run finishes (spool budget enforcement).
     pub on_finish: Arc<dyn Fn() + Send + Sync>,
+    /// The Start stream after `started`; `None` to Attach right away (a Run
+    /// recovered after a restart).
+    pub events: Option<tonic::Streaming<rpb::ExecutionEvent>>,
 }
 
 /// Maps a Runtime Server Exit to the Run's phase, exit fields and message.
@@ -81,6 +84,10 @@ impl Attempt {
         self.run.finish(o);
         // A waiter that saw the Run finish may start the next one at once.
         drop(self.permit.take());
+        // Bookkeeping after waking the waiters: until the record is saved a
+        // restarted runtimed re-attaches and finishes the Run again (the
+        // server keeps the execution until the Forget below).
+        self.run.save();
         self.workspace.cleanup(&id);
         tracing::info!(phase = phase.as_str(), %message, "run finished");
 
@@ -154,51 +161,54 @@ impl Attempt {
     }
 
     /// Returns the execution's Exit, or why the Run must fail without one.
-    async fn follow_execution(&self) -> Result<rpb::Exit, String> {
-        let id = &self.run.id;
+    async fn follow_execution(&mut self) -> Result<rpb::Exit, String> {
+        let id = self.run.id.clone();
         let mut lost_since: Option<SystemTime> = None;
         let mut pause = Duration::from_millis(20);
         loop {
-            let (stdout_offset, stderr_offset) = self.run.spool.stream_lengths();
-            let mut client = self.server.client();
-            let attached = client
-                .attach(rpb::AttachRequest {
-                    execution_id: id.clone(),
-                    stdout_offset,
-                    stderr_offset,
-                })
-                .await;
-            let broke = match attached {
-                Ok(resp) => {
-                    let mut stream = resp.into_inner();
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(ev)) => match ev.event {
-                                Some(rpb::execution_event::Event::Output(c)) => {
-                                    lost_since = None;
-                                    pause = Duration::from_millis(20);
-                                    let kind = match rpb::Stream::try_from(c.stream) {
-                                        Ok(rpb::Stream::Stderr) => StreamKind::Stderr,
-                                        _ => StreamKind::Stdout,
-                                    };
-                                    if let Err(e) = self.run.spool.append(kind, c.offset, &c.data) {
-                                        let reason = format!("writing the log spool failed: {e}");
-                                        self.cancel_execution().await;
-                                        return Err(reason);
-                                    }
-                                }
-                                Some(rpb::execution_event::Event::Exited(e)) => return Ok(e),
-                                None => {}
-                            },
-                            Ok(None) => {
-                                break tonic::Status::unavailable(
-                                    "attach stream ended before the exit",
-                                );
-                            }
-                            Err(s) => break s,
-                        }
-                    }
+            let attached = match self.events.take() {
+                Some(events) => Ok(events),
+                None => {
+                    let (stdout_offset, stderr_offset) = self.run.spool.stream_lengths();
+                    let mut client = self.server.client();
+                    client
+                        .attach(rpb::AttachRequest {
+                            execution_id: id.clone(),
+                            stdout_offset,
+                            stderr_offset,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
                 }
+            };
+            let broke = match attached {
+                Ok(mut stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(ev)) => match ev.event {
+                            Some(rpb::execution_event::Event::Output(c)) => {
+                                lost_since = None;
+                                pause = Duration::from_millis(20);
+                                let kind = match rpb::Stream::try_from(c.stream) {
+                                    Ok(rpb::Stream::Stderr) => StreamKind::Stderr,
+                                    _ => StreamKind::Stdout,
+                                };
+                                if let Err(e) = self.run.spool.append(kind, c.offset, &c.data) {
+                                    let reason = format!("writing the log spool failed: {e}");
+                                    self.cancel_execution().await;
+                                    return Err(reason);
+                                }
+                            }
+                            Some(rpb::execution_event::Event::Exited(e)) => return Ok(e),
+                            Some(rpb::execution_event::Event::Started(_)) | None => {}
+                        },
+                        Ok(None) => {
+                            break tonic::Status::unavailable(
+                                "attach stream ended before the exit",
+                            );
+                        }
+                        Err(s) => break s,
+                    }
+                },
                 Err(s) => s,
             };
             if broke.code() == Code::NotFound {

@@ -21,7 +21,12 @@ pub fn recover(state: &Arc<State>, cfg: &crate::Config) -> std::io::Result<()> {
     entries.sort();
     let (mut finished, mut resumed) = (0, 0);
     for path in entries {
-        let run = match Run::load(&path, &cfg.spool_dir(), cfg.log_cap_bytes) {
+        let run = match Run::load(
+            &path,
+            &cfg.spool_dir(),
+            cfg.log_cap_bytes,
+            state.runs.spool_usage(),
+        ) {
             Ok(r) => Arc::new(r),
             Err(e) => {
                 tracing::error!(record = %path.display(), error = %e, "cannot load a saved run; skipping it");
@@ -42,12 +47,14 @@ pub fn recover(state: &Arc<State>, cfg: &crate::Config) -> std::io::Result<()> {
                 "runtimed restarted without runtime {:?}, which ran this Run",
                 run.runtime
             )));
+            run.save();
             continue;
         };
         if run.state().pid == 0 {
             run.finish(Outcome::failed(
                 "runtimed restarted before the Run's process was started".into(),
             ));
+            run.save();
             state.workspace.cleanup(&run.id);
             continue;
         }
@@ -73,6 +80,7 @@ pub fn recover(state: &Arc<State>, cfg: &crate::Config) -> std::io::Result<()> {
                             server.name,
                             SERVER_PATIENCE.as_secs()
                         )));
+                        run.save();
                         state.metrics.runs_active.dec();
                         return;
                     }

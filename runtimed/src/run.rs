@@ -1,7 +1,10 @@
 //! A Run as runtimed tracks it: identity, what was asked, its spool, and its
 //! state — published on a watch channel so Get, Wait and followers see every
-//! transition, and saved to `DATA_DIR/runs/<id>.json` at each transition so a
-//! restarted runtimed knows its Runs and can re-attach to running ones.
+//! transition, and saved to `DATA_DIR/runs/<id>.json` once it runs and once it
+//! ends, so a restarted runtimed knows its Runs and can re-attach to running
+//! ones. Saves happen off the Run's critical path (after the transition is
+//! published); a crash in between is covered by re-attaching, since the
+//! Runtime Server keeps the execution until runtimed Forgets it.
 
 use crate::error::{Error, Result};
 use crate::spool::Spool;
@@ -10,6 +13,7 @@ use kruntimes_proto::time::to_timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -172,7 +176,7 @@ pub fn unix_us(t: SystemTime) -> u64 {
 
 impl Run {
     pub fn new(id: String, runtime: String, spec: RunSpec, spool: Spool, records: &Path) -> Run {
-        let run = Run {
+        Run {
             record: records.join(format!("{id}.json")),
             id,
             uid: uuid::Uuid::new_v4().to_string(),
@@ -193,16 +197,25 @@ impl Run {
                 log_dropped_bytes: 0,
             })
             .0,
-        };
-        run.save();
-        run
+        }
     }
 
     /// Loads a saved Run and re-opens its spool.
-    pub fn load(record: &Path, spool_dir: &Path, log_cap: u64) -> std::io::Result<Run> {
+    pub fn load(
+        record: &Path,
+        spool_dir: &Path,
+        log_cap: u64,
+        usage: Arc<AtomicU64>,
+    ) -> std::io::Result<Run> {
         let f: RunFile = serde_json::from_slice(&std::fs::read(record)?)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let spool = Spool::open(spool_dir, &f.id, log_cap, f.state.phase.is_terminal())?;
+        let spool = Spool::open(
+            spool_dir,
+            &f.id,
+            log_cap,
+            f.state.phase.is_terminal(),
+            usage,
+        )?;
         spool.restore_dropped(f.state.log_dropped_bytes);
         Ok(Run {
             id: f.id,
@@ -218,7 +231,7 @@ impl Run {
 
     /// Saves the Run (write to a temporary name, then rename). A failure is
     /// logged, not fatal: the Run itself goes on.
-    fn save(&self) {
+    pub fn save(&self) {
         let f = RunFile {
             id: self.id.clone(),
             uid: self.uid.clone(),
@@ -256,11 +269,11 @@ impl Run {
             s.pid = pid;
             s.started_at = Some(started_at);
         });
-        self.save();
     }
 
-    /// Records the final state once; later calls are ignored so the first
-    /// cause is not overwritten by a consequence.
+    /// Records and publishes the final state once; later calls are ignored
+    /// so the first cause is not overwritten by a consequence. The caller
+    /// saves the record (after waking whoever waits).
     pub fn finish(&self, o: Outcome) -> bool {
         debug_assert!(o.phase.is_terminal());
         let truncation = self.spool.truncation();
@@ -286,9 +299,6 @@ impl Run {
             s.finished_at = Some(SystemTime::now());
             true
         });
-        if changed {
-            self.save();
-        }
         self.spool.close();
         changed
     }
@@ -331,6 +341,8 @@ impl Run {
 #[derive(Default)]
 pub struct Registry {
     runs: Mutex<HashMap<String, Arc<Run>>>,
+    /// Bytes in all live spools, kept by the spools themselves.
+    spool_usage: Arc<AtomicU64>,
 }
 
 impl Registry {
@@ -350,6 +362,11 @@ impl Registry {
         }
         runs.insert(run.id.clone(), run);
         Ok(())
+    }
+
+    /// The gauge every new or re-opened spool counts its bytes in.
+    pub fn spool_usage(&self) -> Arc<AtomicU64> {
+        self.spool_usage.clone()
     }
 
     pub fn contains(&self, id: &str) -> Option<Phase> {
@@ -377,15 +394,12 @@ impl Registry {
     /// Evicts spools of finished Runs, oldest finished first, until the
     /// spools of all Runs fit in `budget` bytes. Returns how many.
     pub fn enforce_spool_budget(&self, budget: u64) -> usize {
-        let runs = self.list();
-        let mut total: u64 = runs
-            .iter()
-            .filter(|r| !r.spool.is_evicted())
-            .map(|r| r.spool.progress().len)
-            .sum();
+        // The common case, O(1): within budget.
+        let mut total = self.spool_usage.load(Ordering::Relaxed);
         if total <= budget {
             return 0;
         }
+        let runs = self.list();
         let mut finished: Vec<(SystemTime, &Arc<Run>)> = runs
             .iter()
             .filter(|r| !r.spool.is_evicted())

@@ -133,16 +133,7 @@ impl State {
             .map_err(|_| Error::TooManyRuns {
                 limit: self.max_runs as usize,
             })?;
-        let spool = Spool::create(&self.spool_dir, &id, self.log_cap).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::RunExists {
-                    id: id.clone(),
-                    phase: "unknown".into(),
-                }
-            } else {
-                Error::Spool(e)
-            }
-        })?;
+        let spool = Spool::create(&self.spool_dir, &id, self.log_cap, self.runs.spool_usage());
         let spec = RunSpec {
             timeout_ms: req.timeout_ms,
             artifacts_on_failure: req.artifacts_on_failure,
@@ -163,6 +154,7 @@ impl State {
             Err(e) => {
                 let msg = format!("cannot prepare the run's workspace: {e}");
                 run.finish(Outcome::failed(msg.clone()));
+                run.save();
                 return Err(Error::Spool(std::io::Error::new(e.kind(), msg)));
             }
         }
@@ -180,14 +172,15 @@ impl State {
             grace_period_ms: grace,
         };
         let mut client = server.client();
-        let started = match client.start(start).await {
-            Ok(r) => r.into_inner(),
+        let (started, events) = match start_execution(&mut client, start).await {
+            Ok(s) => s,
             Err(status) => {
                 let e = Error::RuntimeServer {
                     runtime: server.name.clone(),
                     status,
                 };
                 run.finish(Outcome::failed(e.to_string()));
+                run.save();
                 self.workspace.cleanup(&id);
                 return Err(e);
             }
@@ -206,9 +199,18 @@ impl State {
             .inc();
         self.metrics.runs_active.inc();
         tracing::info!(run = %id, runtime = %server.name, pid = started.pid, "run started");
-        let attempt = self.attempt(run.clone(), server.clone(), health.generation, Some(permit));
+        let mut attempt =
+            self.attempt(run.clone(), server.clone(), health.generation, Some(permit));
+        attempt.events = Some(events);
         let span = tracing::info_span!("run", run = %id, runtime = %server.name);
-        tokio::spawn(attempt.drive().instrument(span));
+        tokio::spawn(
+            async move {
+                // Saved once it runs, off the path to the caller's answer.
+                attempt.run.save();
+                attempt.drive().await
+            }
+            .instrument(span),
+        );
         Ok(run)
     }
 
@@ -230,6 +232,7 @@ impl State {
             workspace: self.workspace.clone(),
             artifacts: self.artifacts.clone(),
             permit,
+            events: None,
             on_finish: Arc::new(move || {
                 runs.enforce_spool_budget(budget);
             }),
@@ -252,6 +255,25 @@ impl State {
                 .offset_since(crate::run::unix_us(from_timestamp(since))));
         }
         Ok(req.offset)
+    }
+}
+
+/// Calls the Runtime Server's Start and reads its first event, `started`.
+/// Returns it with the rest of the stream (output, then the exit).
+async fn start_execution(
+    client: &mut kruntimes_proto::runtime::v1::runtime_server_client::RuntimeServerClient<
+        tonic::transport::Channel,
+    >,
+    req: rpb::StartRequest,
+) -> std::result::Result<(rpb::Started, tonic::Streaming<rpb::ExecutionEvent>), Status> {
+    let mut events = client.start(req).await?.into_inner();
+    match events.message().await? {
+        Some(rpb::ExecutionEvent {
+            event: Some(rpb::execution_event::Event::Started(s)),
+        }) => Ok((s, events)),
+        other => Err(Status::internal(format!(
+            "the runtime server broke the protocol: Start's first event must be `started`, got {other:?}"
+        ))),
     }
 }
 

@@ -6,7 +6,8 @@
 //! index, so a slow or absent reader costs disk, not RAM.
 //!
 //! Files: `<dir>/<run>.log` (raw bytes; file position == combined offset) and
-//! `<dir>/<run>.idx` (32-byte little-endian records, see [`Record`]). Data is
+//! `<dir>/<run>.idx` (32-byte little-endian records, see [`Record`]), created
+//! with the first output (a Run that prints nothing costs no inodes). Data is
 //! written before its index record, so after a crash the index never points
 //! past the data: [`Spool::open`] trims whatever the index does not cover, and
 //! runtimed re-attaches to the Runtime Server from the per-stream offsets the
@@ -20,7 +21,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
@@ -113,7 +115,12 @@ pub struct Chunk {
 
 struct Inner {
     index: Vec<Record>,
-    idx_file: File,
+    /// `None` until the first output creates the files, and again once they
+    /// are removed (dropping the handles frees the disk space).
+    idx_file: Option<File>,
+    data: Option<Arc<File>>,
+    /// Whether the files were removed (the bytes left the usage gauge).
+    removed: bool,
     len: u64,
     stdout_len: u64,
     stderr_len: u64,
@@ -123,13 +130,14 @@ struct Inner {
 }
 
 pub struct Spool {
-    data: File,
     data_path: PathBuf,
     idx_path: PathBuf,
     cap: u64,
     inner: Mutex<Inner>,
     progress: watch::Sender<Progress>,
     evicted: std::sync::atomic::AtomicBool,
+    /// Bytes in all live spools of this runtimed (the spool budget's gauge).
+    usage: Arc<AtomicU64>,
 }
 
 /// Truncation state of a spool.
@@ -147,29 +155,18 @@ fn now_us() -> u64 {
 }
 
 impl Spool {
-    /// Creates a new, empty spool for a Run, holding at most `cap` bytes.
-    /// Fails if one exists.
-    pub fn create(dir: &Path, run_id: &str, cap: u64) -> std::io::Result<Spool> {
-        std::fs::create_dir_all(dir)?;
-        let data_path = dir.join(format!("{run_id}.log"));
-        let idx_path = dir.join(format!("{run_id}.idx"));
-        let open = |p: &Path| {
-            OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create_new(true)
-                .open(p)
-        };
-        let data = open(&data_path)?;
-        let idx_file = open(&idx_path)?;
-        Ok(Spool {
-            data,
-            data_path,
-            idx_path,
+    /// A new, empty spool for a Run, holding at most `cap` bytes; its files
+    /// are created by the first append. `usage` counts the bytes of all spools.
+    pub fn create(dir: &Path, run_id: &str, cap: u64, usage: Arc<AtomicU64>) -> Spool {
+        Spool {
+            data_path: dir.join(format!("{run_id}.log")),
+            idx_path: dir.join(format!("{run_id}.idx")),
             cap,
             inner: Mutex::new(Inner {
                 index: Vec::new(),
-                idx_file,
+                idx_file: None,
+                data: None,
+                removed: false,
                 len: 0,
                 stdout_len: 0,
                 stderr_len: 0,
@@ -178,19 +175,34 @@ impl Spool {
             }),
             progress: watch::channel(Progress::default()).0,
             evicted: Default::default(),
-        })
+            usage,
+        }
     }
 
     /// Re-opens the spool of a Run after a restart: keeps every whole index
     /// record the data file covers and trims the rest, so what follows is
     /// appended exactly where the durable log ends.
-    pub fn open(dir: &Path, run_id: &str, cap: u64, closed: bool) -> std::io::Result<Spool> {
-        let data_path = dir.join(format!("{run_id}.log"));
-        let idx_path = dir.join(format!("{run_id}.idx"));
+    pub fn open(
+        dir: &Path,
+        run_id: &str,
+        cap: u64,
+        closed: bool,
+        usage: Arc<AtomicU64>,
+    ) -> std::io::Result<Spool> {
+        let spool = Spool::create(dir, run_id, cap, usage);
+        if closed {
+            spool.close();
+        }
         let open = |p: &Path| OpenOptions::new().read(true).append(true).open(p);
-        let data = open(&data_path)?;
-        let idx_file = open(&idx_path)?;
-        let raw = std::fs::read(&idx_path)?;
+        let (data, idx_file) = match (open(&spool.data_path), open(&spool.idx_path)) {
+            (Ok(d), Ok(i)) => (d, i),
+            // Nothing was ever spooled (the files come with the first output).
+            (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(spool);
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        let raw = std::fs::read(&spool.idx_path)?;
         let data_len = data.metadata()?.len();
         let mut index = Vec::with_capacity(raw.len() / Record::SIZE);
         let (mut len, mut stdout_len, mut stderr_len) = (0u64, 0u64, 0u64);
@@ -214,23 +226,52 @@ impl Spool {
         }
         idx_file.set_len(kept as u64)?;
         data.set_len(len)?;
-        Ok(Spool {
-            data,
-            data_path,
-            idx_path,
-            cap,
-            inner: Mutex::new(Inner {
-                index,
-                idx_file,
-                len,
-                stdout_len,
-                stderr_len,
-                truncated_at,
-                dropped: 0,
-            }),
-            progress: watch::channel(Progress { len, closed }).0,
-            evicted: Default::default(),
-        })
+        {
+            let mut inner = spool.lock();
+            inner.index = index;
+            inner.idx_file = Some(idx_file);
+            inner.data = Some(Arc::new(data));
+            inner.len = len;
+            inner.stdout_len = stdout_len;
+            inner.stderr_len = stderr_len;
+            inner.truncated_at = truncated_at;
+        }
+        spool.usage.fetch_add(len, Ordering::Relaxed);
+        spool.progress.send_modify(|p| p.len = len);
+        Ok(spool)
+    }
+
+    /// Creates both files with the first output.
+    fn create_files(&self, inner: &mut Inner) -> std::io::Result<()> {
+        if inner.removed {
+            return Err(std::io::Error::other("the spool was removed"));
+        }
+        if inner.idx_file.is_none() {
+            // A stale file of an unknown earlier Run with this id is emptied.
+            let open = |p: &Path| {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .open(p)?;
+                if f.metadata()?.len() > 0 {
+                    f.set_len(0)?;
+                }
+                Ok::<_, std::io::Error>(f)
+            };
+            let data = match open(&self.data_path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(dir) = self.data_path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    open(&self.data_path)?
+                }
+                r => r?,
+            };
+            inner.idx_file = Some(open(&self.idx_path)?);
+            inner.data = Some(Arc::new(data));
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -270,11 +311,19 @@ impl Spool {
         let room = usize::try_from(self.cap.saturating_sub(inner.len)).unwrap_or(usize::MAX);
         let new = &all_new[..all_new.len().min(room)];
         let dropped = (all_new.len() - new.len()) as u64;
+        if !new.is_empty() || dropped > 0 {
+            self.create_files(&mut inner)?;
+        }
+        let inner = &mut *inner;
+        let (Some(data_file), Some(idx_file)) = (inner.data.clone(), inner.idx_file.as_mut())
+        else {
+            return Ok(0);
+        };
         let mut pos = 0;
         while pos < new.len() {
             // Records are at most 4 GiB by construction of `len: u32`.
             let piece = &new[pos..new.len().min(pos + (u32::MAX as usize))];
-            (&self.data).write_all(piece)?;
+            (&*data_file).write_all(piece)?;
             let rec = Record {
                 offset: inner.len,
                 stream_offset: stream_offset.max(have) + pos as u64,
@@ -282,7 +331,7 @@ impl Spool {
                 len: piece.len() as u32,
                 stream,
             };
-            inner.idx_file.write_all(&rec.encode(rec.stream.code()))?;
+            idx_file.write_all(&rec.encode(rec.stream.code()))?;
             inner.len += piece.len() as u64;
             inner.index.push(rec);
             pos += piece.len();
@@ -296,7 +345,7 @@ impl Spool {
                     len: 0,
                     stream,
                 };
-                inner.idx_file.write_all(&marker.encode(MARKER))?;
+                idx_file.write_all(&marker.encode(MARKER))?;
                 inner.truncated_at = Some(inner.len);
                 tracing::warn!(
                     cap = self.cap,
@@ -312,7 +361,7 @@ impl Spool {
             StreamKind::Stderr => inner.stderr_len = new_stream_len,
         }
         let len = inner.len;
-        drop(inner);
+        self.usage.fetch_add(new.len() as u64, Ordering::Relaxed);
         self.progress.send_modify(|p| p.len = len);
         Ok(new.len())
     }
@@ -348,15 +397,19 @@ impl Spool {
         if lines == 0 {
             return Ok(self.progress().len);
         }
-        let records: Vec<Record> = {
+        let (records, data): (Vec<Record>, _) = {
             let inner = self.lock();
-            inner
+            let records = inner
                 .index
                 .iter()
                 .rev()
                 .filter(|r| only.is_none_or(|s| r.stream == s))
                 .copied()
-                .collect()
+                .collect();
+            (records, inner.data.clone())
+        };
+        let Some(data) = data else {
+            return Ok(0);
         };
         let mut seen = 0u64;
         let mut first_byte = true;
@@ -367,7 +420,7 @@ impl Spool {
             while end > r.offset {
                 let n = (end - r.offset).min(buf.len() as u64) as usize;
                 let from = end - n as u64;
-                self.data.read_exact_at(&mut buf[..n], from)?;
+                data.read_exact_at(&mut buf[..n], from)?;
                 for i in (0..n).rev() {
                     if buf[i] == b'\n' {
                         // A final newline ends the last line; it does not start one.
@@ -411,7 +464,7 @@ impl Spool {
         max: usize,
         only: Option<StreamKind>,
     ) -> std::io::Result<(Option<Chunk>, u64)> {
-        let (stream, start, end) = {
+        let (stream, start, end, file) = {
             let inner = self.lock();
             let idx = &inner.index;
             // First record whose end is past `offset`.
@@ -421,7 +474,7 @@ impl Spool {
                     i += 1;
                 }
             }
-            let Some(first) = idx.get(i) else {
+            let (Some(first), Some(file)) = (idx.get(i), inner.data.clone()) else {
                 return Ok((None, offset.max(inner.len)));
             };
             let start = offset.max(first.offset);
@@ -435,10 +488,10 @@ impl Spool {
                 end = idx[j].end();
                 j += 1;
             }
-            (first.stream, start, end.min(start + max as u64))
+            (first.stream, start, end.min(start + max as u64), file)
         };
         let mut data = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-        self.data.read_exact_at(&mut data, start)?;
+        file.read_exact_at(&mut data, start)?;
         Ok((
             Some(Chunk {
                 stream,
@@ -460,10 +513,19 @@ impl Spool {
         self.remove();
     }
 
-    /// Removes the spool's files.
+    /// Removes the spool's files (once: its bytes leave the usage gauge).
     pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.data_path);
-        let _ = std::fs::remove_file(&self.idx_path);
+        let mut inner = self.lock();
+        if inner.removed {
+            return;
+        }
+        inner.removed = true;
+        inner.data = None;
+        if inner.idx_file.take().is_some() {
+            let _ = std::fs::remove_file(&self.data_path);
+            let _ = std::fs::remove_file(&self.idx_path);
+        }
+        self.usage.fetch_sub(inner.len, Ordering::Relaxed);
     }
 }
 
@@ -474,14 +536,13 @@ mod tests {
     #[test]
     fn append_read_coalesce_filter_dedupe() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spool::create(dir.path(), "r1", 1 << 20).unwrap();
+        let s = Spool::create(dir.path(), "r1", 1 << 20, Default::default());
         s.append(StreamKind::Stdout, 0, b"hello ").unwrap();
         s.append(StreamKind::Stdout, 6, b"world\n").unwrap();
         s.append(StreamKind::Stderr, 0, b"oops\n").unwrap();
         // A replay overlapping what we have stores only the new tail.
         assert_eq!(s.append(StreamKind::Stdout, 6, b"world\nmore").unwrap(), 4);
         assert_eq!(s.stream_lengths(), (16, 5));
-        assert!(Spool::create(dir.path(), "r1", 1 << 20).is_err());
 
         let (c, next) = s.read(0, 1 << 20, None).unwrap();
         let c = c.unwrap();
@@ -518,7 +579,7 @@ mod tests {
     #[test]
     fn cap_truncates_with_a_marker_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spool::create(dir.path(), "r", 10).unwrap();
+        let s = Spool::create(dir.path(), "r", 10, Default::default());
         s.append(StreamKind::Stdout, 0, b"0123456").unwrap();
         s.append(StreamKind::Stderr, 0, b"abcdef").unwrap();
         s.append(StreamKind::Stdout, 7, b"789").unwrap();
@@ -533,7 +594,7 @@ mod tests {
         // Stream lengths include dropped bytes: re-attach continues after them.
         assert_eq!(s.stream_lengths(), (10, 6));
         drop(s);
-        let r = Spool::open(dir.path(), "r", 10, false).unwrap();
+        let r = Spool::open(dir.path(), "r", 10, false, Default::default()).unwrap();
         assert_eq!(r.progress().len, 10);
         assert_eq!(r.truncation().map(|t| t.offset), Some(10));
         let (c, _) = r.read(7, 100, None).unwrap();
@@ -543,7 +604,7 @@ mod tests {
     #[test]
     fn reopen_trims_data_the_index_does_not_cover() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spool::create(dir.path(), "r", 1 << 20).unwrap();
+        let s = Spool::create(dir.path(), "r", 1 << 20, Default::default());
         s.append(StreamKind::Stdout, 0, b"hello\n").unwrap();
         s.append(StreamKind::Stderr, 0, b"err\n").unwrap();
         drop(s);
@@ -559,7 +620,7 @@ mod tests {
             .open(dir.path().join("r.idx"))
             .unwrap();
         i.write_all(&[1u8; 7]).unwrap();
-        let r = Spool::open(dir.path(), "r", 1 << 20, false).unwrap();
+        let r = Spool::open(dir.path(), "r", 1 << 20, false, Default::default()).unwrap();
         assert_eq!(r.progress().len, 10);
         assert_eq!(r.stream_lengths(), (6, 4));
         assert_eq!(
@@ -576,9 +637,38 @@ mod tests {
     }
 
     #[test]
+    fn files_come_with_the_first_output_and_usage_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(AtomicU64::new(0));
+        let quiet = Spool::create(dir.path(), "quiet", 100, usage.clone());
+        quiet.close();
+        assert_eq!(quiet.read(0, 10, None).unwrap().1, 0);
+        assert_eq!(quiet.tail_offset(5, None).unwrap(), 0);
+        assert!(!dir.path().join("quiet.log").exists());
+        // Re-opened after a restart: still empty, still no files.
+        let again = Spool::open(dir.path(), "quiet", 100, true, usage.clone()).unwrap();
+        assert_eq!((again.progress().len, again.stream_lengths()), (0, (0, 0)));
+
+        // A stale file of an unknown earlier Run is emptied, not appended to.
+        std::fs::write(dir.path().join("r.log"), b"stale").unwrap();
+        let s = Spool::create(dir.path(), "r", 100, usage.clone());
+        s.append(StreamKind::Stdout, 0, b"fresh").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("r.log")).unwrap(), b"fresh");
+        s.append(StreamKind::Stderr, 0, b"err").unwrap();
+        assert_eq!(usage.load(Ordering::Relaxed), 8);
+        let r = Spool::open(dir.path(), "r", 100, true, usage.clone()).unwrap();
+        assert_eq!(usage.load(Ordering::Relaxed), 16);
+        r.remove();
+        r.remove();
+        s.remove();
+        assert_eq!(usage.load(Ordering::Relaxed), 0);
+        assert!(!dir.path().join("r.log").exists() && !dir.path().join("r.idx").exists());
+    }
+
+    #[test]
     fn tail_and_since() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spool::create(dir.path(), "r", 1 << 20).unwrap();
+        let s = Spool::create(dir.path(), "r", 1 << 20, Default::default());
         s.append(StreamKind::Stdout, 0, b"a\nb\n").unwrap();
         s.append(StreamKind::Stderr, 0, b"E1\n").unwrap();
         s.append(StreamKind::Stdout, 4, b"c\nd\n").unwrap();

@@ -1,8 +1,9 @@
 //! Where a Run's files live in the workspace shared with the Runtime Server:
-//! `<root>/<run-id>/` is its working directory (created by the server), and
-//! `<root>/.kruntimes/runs/<run-id>/` holds the outputs file and the
-//! artifacts directory runtimed hands the Run through env vars. Run ids never
-//! start with '.', so the two cannot collide.
+//! `<root>/<run-id>/` is its working directory (created by the server),
+//! `<root>/.kruntimes/artifacts/<run-id>/` the artifacts directory and
+//! `<root>/.kruntimes/outputs/<run-id>.env` the outputs file runtimed hands the
+//! Run through env vars (one mkdir per Run: starting a Run is a hot path).
+//! Run ids never start with '.', so they cannot collide.
 
 use std::path::{Path, PathBuf};
 
@@ -23,16 +24,22 @@ impl Workspace {
         Workspace { root }
     }
 
-    fn meta(root: &Path, id: &str) -> PathBuf {
-        root.join(".kruntimes").join("runs").join(id)
+    fn outputs(root: &Path, id: &str) -> PathBuf {
+        root.join(".kruntimes")
+            .join("outputs")
+            .join(format!("{id}.env"))
+    }
+
+    fn artifacts(root: &Path, id: &str) -> PathBuf {
+        root.join(".kruntimes").join("artifacts").join(id)
     }
 
     pub fn outputs_file(&self, id: &str) -> PathBuf {
-        Self::meta(&self.root, id).join("outputs.env")
+        Self::outputs(&self.root, id)
     }
 
     pub fn artifacts_dir(&self, id: &str) -> PathBuf {
-        Self::meta(&self.root, id).join("artifacts")
+        Self::artifacts(&self.root, id)
     }
 
     /// Scratch space for packing artifacts, outside what the Run can see.
@@ -44,22 +51,31 @@ impl Workspace {
     /// name its files, as the Runtime Server (whose workspace root may be
     /// mounted elsewhere) sees them.
     pub fn prepare(&self, id: &str, server_root: &str) -> std::io::Result<Vec<(String, String)>> {
-        std::fs::create_dir_all(self.artifacts_dir(id))?;
+        let dir = self.artifacts_dir(id);
+        match std::fs::create_dir(&dir) {
+            // First Run, or someone removed the parents: create them once.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir)?;
+                if let Some(parent) = self.outputs_file(id).parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+            }
+            r => r?,
+        }
         let theirs = if server_root.is_empty() {
             self.root.clone()
         } else {
             PathBuf::from(server_root)
         };
-        let meta = Self::meta(&theirs, id);
         Ok(vec![
             (RUN_ID_ENV.to_string(), id.to_string()),
             (
                 OUTPUTS_ENV.to_string(),
-                meta.join("outputs.env").to_string_lossy().into_owned(),
+                Self::outputs(&theirs, id).to_string_lossy().into_owned(),
             ),
             (
                 ARTIFACTS_ENV.to_string(),
-                meta.join("artifacts").to_string_lossy().into_owned(),
+                Self::artifacts(&theirs, id).to_string_lossy().into_owned(),
             ),
         ])
     }
@@ -68,9 +84,14 @@ impl Workspace {
     /// directory and its outputs/artifacts directory (artifacts are in the
     /// store by now). Errors are logged: cleanup must not fail a Run.
     pub fn cleanup(&self, id: &str) {
+        if let Err(e) = std::fs::remove_file(self.outputs_file(id))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(run = %id, error = %e, "cannot remove the run's outputs file");
+        }
         for dir in [
             self.root.join(id),
-            Self::meta(&self.root, id),
+            self.artifacts_dir(id),
             self.scratch_dir(id),
         ] {
             if let Err(e) = std::fs::remove_dir_all(&dir)

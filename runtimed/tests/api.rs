@@ -71,7 +71,7 @@ async fn script_env_and_working_dir() {
     let mut req = pb::ExecuteRequest {
         runtime: "bash".into(),
         program: Some(pb::execute_request::Program::Script(pb::Script {
-            source: b"echo \"$1 $GREETING\"; pwd".to_vec(),
+            source: b"echo \"$1 $GREETING\"; pwd".to_vec().into(),
             args: vec!["hello".into()],
             filename: "greet.sh".into(),
         })),
