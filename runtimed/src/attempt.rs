@@ -192,7 +192,7 @@ impl Attempt {
                                     Ok(rpb::Stream::Stderr) => StreamKind::Stderr,
                                     _ => StreamKind::Stdout,
                                 };
-                                if let Err(e) = self.run.spool.append(kind, c.offset, &c.data) {
+                                if let Err(e) = self.run.spool.append(kind, c.offset, c.data) {
                                     let reason = format!("writing the log spool failed: {e}");
                                     self.cancel_execution().await;
                                     return Err(reason);

@@ -17,6 +17,7 @@
 //! zero-length marker record at the cap says where (followers get an in-band
 //! Truncated event there).
 
+use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -110,8 +111,11 @@ pub struct Progress {
 pub struct Chunk {
     pub stream: StreamKind,
     pub offset: u64,
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
+
+/// Largest chunk kept in memory for followers that keep up.
+const MAX_RECENT: usize = 1 << 20;
 
 struct Inner {
     index: Vec<Record>,
@@ -121,6 +125,8 @@ struct Inner {
     data: Option<Arc<File>>,
     /// Whether the files were removed (the bytes left the usage gauge).
     removed: bool,
+    /// The last appended record's bytes, from combined offset `.0`.
+    recent: Option<(u64, Bytes)>,
     len: u64,
     stdout_len: u64,
     stderr_len: u64,
@@ -167,6 +173,7 @@ impl Spool {
                 idx_file: None,
                 data: None,
                 removed: false,
+                recent: None,
                 len: 0,
                 stdout_len: 0,
                 stderr_len: 0,
@@ -287,7 +294,7 @@ impl Spool {
         &self,
         stream: StreamKind,
         stream_offset: u64,
-        data: &[u8],
+        data: Bytes,
     ) -> std::io::Result<usize> {
         let mut inner = self.lock();
         let have = match stream {
@@ -307,9 +314,9 @@ impl Spool {
             );
         }
         let skip = usize::try_from(have.saturating_sub(stream_offset)).unwrap_or(data.len());
-        let all_new = &data[skip..];
+        let all_new = data.slice(skip..);
         let room = usize::try_from(self.cap.saturating_sub(inner.len)).unwrap_or(usize::MAX);
-        let new = &all_new[..all_new.len().min(room)];
+        let new = all_new.slice(..all_new.len().min(room));
         let dropped = (all_new.len() - new.len()) as u64;
         if !new.is_empty() || dropped > 0 {
             self.create_files(&mut inner)?;
@@ -332,6 +339,8 @@ impl Spool {
                 stream,
             };
             idx_file.write_all(&rec.encode(rec.stream.code()))?;
+            inner.recent = (piece.len() <= MAX_RECENT)
+                .then(|| (inner.len, new.slice(pos..pos + piece.len())));
             inner.len += piece.len() as u64;
             inner.index.push(rec);
             pos += piece.len();
@@ -477,6 +486,22 @@ impl Spool {
             let (Some(first), Some(file)) = (idx.get(i), inner.data.clone()) else {
                 return Ok((None, offset.max(inner.len)));
             };
+            // A follower that keeps up reads the last chunk from memory.
+            if let Some((at, bytes)) = &inner.recent
+                && *at == first.offset
+                && i + 1 == idx.len()
+            {
+                let from = usize::try_from(offset.max(first.offset) - at).unwrap_or(0);
+                let to = bytes.len().min(from.saturating_add(max));
+                return Ok((
+                    Some(Chunk {
+                        stream: first.stream,
+                        offset: offset.max(first.offset),
+                        data: bytes.slice(from..to),
+                    }),
+                    at + to as u64,
+                ));
+            }
             let start = offset.max(first.offset);
             let mut end = first.end();
             let mut j = i + 1;
@@ -496,7 +521,7 @@ impl Spool {
             Some(Chunk {
                 stream,
                 offset: start,
-                data,
+                data: data.into(),
             }),
             end,
         ))
@@ -521,6 +546,7 @@ impl Spool {
         }
         inner.removed = true;
         inner.data = None;
+        inner.recent = None;
         if inner.idx_file.take().is_some() {
             let _ = std::fs::remove_file(&self.data_path);
             let _ = std::fs::remove_file(&self.idx_path);
@@ -537,33 +563,37 @@ mod tests {
     fn append_read_coalesce_filter_dedupe() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::create(dir.path(), "r1", 1 << 20, Default::default());
-        s.append(StreamKind::Stdout, 0, b"hello ").unwrap();
-        s.append(StreamKind::Stdout, 6, b"world\n").unwrap();
-        s.append(StreamKind::Stderr, 0, b"oops\n").unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"hello ")).unwrap();
+        s.append(StreamKind::Stdout, 6, Bytes::from_static(b"world\n")).unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"oops\n")).unwrap();
         // A replay overlapping what we have stores only the new tail.
-        assert_eq!(s.append(StreamKind::Stdout, 6, b"world\nmore").unwrap(), 4);
+        assert_eq!(s.append(StreamKind::Stdout, 6, Bytes::from_static(b"world\nmore")).unwrap(), 4);
         assert_eq!(s.stream_lengths(), (16, 5));
 
         let (c, next) = s.read(0, 1 << 20, None).unwrap();
         let c = c.unwrap();
-        assert_eq!(c.data, b"hello world\n");
+        assert_eq!(&c.data[..], b"hello world\n");
         assert_eq!((c.stream, c.offset, next), (StreamKind::Stdout, 0, 12));
         let (c, next) = s.read(next, 1 << 20, None).unwrap();
-        assert_eq!(c.unwrap().data, b"oops\n");
+        assert_eq!(&c.unwrap().data[..], b"oops\n");
         let (c, next) = s.read(next, 1 << 20, None).unwrap();
-        assert_eq!(c.unwrap().data, b"more");
+        assert_eq!(&c.unwrap().data[..], b"more");
         assert_eq!(next, 21);
         let (c, next) = s.read(next, 1 << 20, None).unwrap();
         assert!(c.is_none());
         assert_eq!(next, 21);
+        // The last record comes from memory: mid-record and bounded too.
+        let (c, next) = s.read(18, 2, None).unwrap();
+        let c = c.unwrap();
+        assert_eq!((&c.data[..], c.offset, next), (&b"or"[..], 18, 20));
 
         // Mid-record offsets, max bounds, stream filters.
         let (c, _) = s.read(3, 4, None).unwrap();
-        assert_eq!(c.unwrap().data, b"lo w");
+        assert_eq!(&c.unwrap().data[..], b"lo w");
         let (c, next) = s.read(0, 1 << 20, Some(StreamKind::Stderr)).unwrap();
         let c = c.unwrap();
         assert_eq!(
-            (c.offset, c.data.as_slice(), next),
+            (c.offset, &c.data[..], next),
             (12, &b"oops\n"[..], 17)
         );
         let (c, next) = s.read(17, 1 << 20, Some(StreamKind::Stderr)).unwrap();
@@ -580,9 +610,9 @@ mod tests {
     fn cap_truncates_with_a_marker_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::create(dir.path(), "r", 10, Default::default());
-        s.append(StreamKind::Stdout, 0, b"0123456").unwrap();
-        s.append(StreamKind::Stderr, 0, b"abcdef").unwrap();
-        s.append(StreamKind::Stdout, 7, b"789").unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"0123456")).unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"abcdef")).unwrap();
+        s.append(StreamKind::Stdout, 7, Bytes::from_static(b"789")).unwrap();
         assert_eq!(s.progress().len, 10);
         assert_eq!(
             s.truncation(),
@@ -598,15 +628,15 @@ mod tests {
         assert_eq!(r.progress().len, 10);
         assert_eq!(r.truncation().map(|t| t.offset), Some(10));
         let (c, _) = r.read(7, 100, None).unwrap();
-        assert_eq!(c.unwrap().data, b"abc");
+        assert_eq!(&c.unwrap().data[..], b"abc");
     }
 
     #[test]
     fn reopen_trims_data_the_index_does_not_cover() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::create(dir.path(), "r", 1 << 20, Default::default());
-        s.append(StreamKind::Stdout, 0, b"hello\n").unwrap();
-        s.append(StreamKind::Stderr, 0, b"err\n").unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"hello\n")).unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"err\n")).unwrap();
         drop(s);
         // A crash between the data write and its index record, plus a torn
         // index record: both are dropped on open.
@@ -631,9 +661,9 @@ mod tests {
             std::fs::metadata(dir.path().join("r.idx")).unwrap().len(),
             64
         );
-        r.append(StreamKind::Stdout, 6, b"more\n").unwrap();
+        r.append(StreamKind::Stdout, 6, Bytes::from_static(b"more\n")).unwrap();
         let (c, _) = r.read(10, 100, None).unwrap();
-        assert_eq!(c.unwrap().data, b"more\n");
+        assert_eq!(&c.unwrap().data[..], b"more\n");
     }
 
     #[test]
@@ -652,9 +682,9 @@ mod tests {
         // A stale file of an unknown earlier Run is emptied, not appended to.
         std::fs::write(dir.path().join("r.log"), b"stale").unwrap();
         let s = Spool::create(dir.path(), "r", 100, usage.clone());
-        s.append(StreamKind::Stdout, 0, b"fresh").unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"fresh")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("r.log")).unwrap(), b"fresh");
-        s.append(StreamKind::Stderr, 0, b"err").unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"err")).unwrap();
         assert_eq!(usage.load(Ordering::Relaxed), 8);
         let r = Spool::open(dir.path(), "r", 100, true, usage.clone()).unwrap();
         assert_eq!(usage.load(Ordering::Relaxed), 16);
@@ -669,9 +699,9 @@ mod tests {
     fn tail_and_since() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::create(dir.path(), "r", 1 << 20, Default::default());
-        s.append(StreamKind::Stdout, 0, b"a\nb\n").unwrap();
-        s.append(StreamKind::Stderr, 0, b"E1\n").unwrap();
-        s.append(StreamKind::Stdout, 4, b"c\nd\n").unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"a\nb\n")).unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"E1\n")).unwrap();
+        s.append(StreamKind::Stdout, 4, Bytes::from_static(b"c\nd\n")).unwrap();
         // combined: "a\nb\n" (0..4) "E1\n" (4..7) "c\nd\n" (7..11)
         assert_eq!(s.tail_offset(1, None).unwrap(), 9);
         assert_eq!(s.tail_offset(2, None).unwrap(), 7);
