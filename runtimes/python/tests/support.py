@@ -58,7 +58,9 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
-    def start(self, execution_id: str | None = None, **kw: Any) -> str:
+    def start_stream(self, execution_id: str | None = None, **kw: Any) -> tuple[str, Any, Any]:
+        """Call Start: (id, the Started event, the rest of the stream). Errors
+        raise here, as the call fails before its first event."""
         execution_id = execution_id or new_id()
         argv = kw.pop("argv", None)
         if argv is not None:
@@ -70,33 +72,30 @@ class Server:
                 args=kw.pop("args", []),
                 filename=kw.pop("filename", ""),
             )
-        self.stub.Start(pb.StartRequest(execution_id=execution_id, **kw), timeout=WAIT_S)
+        stream = self.stub.Start(pb.StartRequest(execution_id=execution_id, **kw), timeout=WAIT_S * 4)
+        first = next(stream)
+        assert first.WhichOneof("event") == "started", first
+        assert first.started.pid > 0 and first.started.started_at.seconds > 0, first
+        return execution_id, first.started, stream
+
+    def start(self, execution_id: str | None = None, **kw: Any) -> str:
+        """Start, then drop the Start stream: the execution runs on unread
+        (the tests read it later with Attach)."""
+        execution_id, _, stream = self.start_stream(execution_id, **kw)
+        stream.cancel()
         return execution_id
 
     def attach(self, execution_id: str, stdout_offset: int = 0, stderr_offset: int = 0) -> Result:
-        out, err = bytearray(), bytearray()
-        chunks = 0
-        exit_msg = None
-        for ev in self.stub.Attach(
+        stream = self.stub.Attach(
             pb.AttachRequest(execution_id=execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset),
             timeout=WAIT_S * 4,
-        ):
-            if ev.HasField("output"):
-                chunks += 1
-                target = out if ev.output.stream == pb.STREAM_STDOUT else err
-                base = stdout_offset if ev.output.stream == pb.STREAM_STDOUT else stderr_offset
-                assert ev.output.offset == base + len(target), "chunks must be contiguous"
-                target += ev.output.data
-            else:
-                exit_msg = ev.exited
-        assert exit_msg is not None, "stream ended without Exited"
-        assert exit_msg.stdout_length == stdout_offset + len(out)
-        assert exit_msg.stderr_length == stderr_offset + len(err)
-        return Result(bytes(out), bytes(err), exit_msg, chunks)
+        )
+        return collect(stream, stdout_offset, stderr_offset)
 
     def run(self, **kw: Any) -> Result:
-        execution_id = self.start(**kw)
-        result = self.attach(execution_id)
+        """Start and read the Start stream to its end, then Forget."""
+        execution_id, _, stream = self.start_stream(**kw)
+        result = collect(stream)
         self.stub.Forget(pb.ForgetRequest(execution_id=execution_id), timeout=WAIT_S)
         return result
 
@@ -120,6 +119,29 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=WAIT_S)
+
+
+def collect(events: Any, stdout_offset: int = 0, stderr_offset: int = 0) -> Result:
+    """Read output events to the end: contiguous per stream, Exited last."""
+    out, err = bytearray(), bytearray()
+    chunks = 0
+    exit_msg = None
+    for ev in events:
+        assert exit_msg is None, "an event after Exited"
+        kind = ev.WhichOneof("event")
+        if kind == "output":
+            chunks += 1
+            target = out if ev.output.stream == pb.STREAM_STDOUT else err
+            base = stdout_offset if ev.output.stream == pb.STREAM_STDOUT else stderr_offset
+            assert ev.output.offset == base + len(target), "chunks must be contiguous"
+            target += ev.output.data
+        else:
+            assert kind == "exited", f"unexpected {kind} event"
+            exit_msg = ev.exited
+    assert exit_msg is not None, "stream ended without Exited"
+    assert exit_msg.stdout_length == stdout_offset + len(out)
+    assert exit_msg.stderr_length == stderr_offset + len(err)
+    return Result(bytes(out), bytes(err), exit_msg, chunks)
 
 
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Server:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import stat
@@ -16,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import (
     Server,
+    collect,
     descendants,
     eventually,
     new_id,
@@ -81,8 +83,7 @@ def test_env_precedence(server: Server) -> None:
 
 def test_working_directory(server: Server) -> None:
     eid = new_id("wd")
-    r = server.stub.Start(pb.StartRequest(execution_id=eid, command=pb.Command(argv=["pwd"]), working_dir="a/b"))
-    assert r.pid > 0
+    server.start(eid, argv=["pwd"], working_dir="a/b")
     res = server.attach(eid)
     assert res.stdout.decode().strip() == str(server.workspace.resolve() / eid / "a" / "b")
     r2 = server.run(argv=["python3", "-c", "import os; print(os.getcwd())"])
@@ -291,8 +292,13 @@ def test_errors(server: Server) -> None:
 def test_backpressure(fresh_server: Server) -> None:
     srv = fresh_server  # 64 KiB buffers
     total = 4 << 20
-    code = f"import sys\nsys.stdout.buffer.write(bytes(i % 256 for i in range({total})))\n"
-    eid = srv.start(argv=["python3", "-c", code])
+    # The child writes once the test opens the FIFO, i.e. after the Start
+    # stream is dropped: no reader has taken any of it.
+    eid, fifo = _fifo_dir(srv)
+    code = f"import sys\nopen('go').close()\nsys.stdout.buffer.write(bytes(i % 256 for i in range({total})))\n"
+    srv.start(eid, argv=["python3", "-c", code])
+    with open(fifo, "w"):
+        pass
     # Nobody attached: the server holds at most one buffer; the child blocks.
     eventually(lambda: srv.status(eid).stdout_length == 65536, "buffer filled")
     time.sleep(0.3)
@@ -313,14 +319,21 @@ def test_reader_dies_midway_and_resumes_from_its_offset(server: Server) -> None:
     mid-stream re-attaches from the last byte it got: every byte exactly once."""
     total = 24 << 20
     code = f"import sys\nsys.stdout.buffer.write(bytes(i % 251 for i in range({total})))\n"
-    eid = server.start(argv=["python3", "-c", code])
+    eid = new_id("cut")
     expected = bytes(i % 251 for i in range(total))
     got = bytearray()
+    # The first reader is the Start stream, the second an Attach.
     for cut in (3 << 20, 11 << 20):
         with grpc.insecure_channel(f"unix:{server.socket}", options=[("grpc.http2.bdp_probe", 0)]) as ch:
             from kruntimes_runtime.proto import pb_grpc
 
-            stream = pb_grpc.RuntimeServerStub(ch).Attach(pb.AttachRequest(execution_id=eid, stdout_offset=len(got)))
+            stub = pb_grpc.RuntimeServerStub(ch)
+            if not got:
+                request = pb.StartRequest(execution_id=eid, command=pb.Command(argv=["python3", "-c", code]))
+                stream = stub.Start(request)
+                assert next(stream).HasField("started")
+            else:
+                stream = stub.Attach(pb.AttachRequest(execution_id=eid, stdout_offset=len(got)))
             for ev in stream:
                 assert ev.output.offset == len(got)
                 got += ev.output.data
@@ -460,10 +473,69 @@ def test_pipe_held_by_escaped_process_is_abandoned(server: Server) -> None:
     eventually(lambda: zombies_under(server.pid) == [] and not _alive(escaped), "escaped sleeper reaped")
 
 
-def test_start_returns_the_pid(server: Server) -> None:
-    for argv in (["python3", "-c", "import os; print(os.getpid())"], ["sh", "-c", "echo $$"]):
-        eid = new_id("pid")
-        resp = server.stub.Start(pb.StartRequest(execution_id=eid, command=pb.Command(argv=argv)))
-        assert resp.pid > 0 and resp.started_at.seconds > 0
+def test_start_stream_events_in_order(server: Server) -> None:
+    """Started (pid, time) first, then output and Exited exactly as an Attach
+    from 0/0 gives them; the stream ends after Exited."""
+    for argv in (
+        ["python3", "-c", "import os, sys; print(os.getpid()); print('e', file=sys.stderr); raise SystemExit(3)"],
+        ["sh", "-c", "echo $$; echo e >&2; exit 3"],
+    ):
+        eid, started, stream = server.start_stream(argv=argv)
+        r = collect(stream)
+        st = server.status(eid)
+        assert int(r.stdout) == started.pid == st.pid
+        assert r.stderr == b"e\n" and r.code == 3
+        assert started.started_at == st.started_at == r.exit.started_at
+        again = server.attach(eid)
+        assert (again.stdout, again.stderr, again.exit) == (r.stdout, r.stderr, r.exit)
+        server.stub.Forget(pb.ForgetRequest(execution_id=eid))
+
+
+def _fifo_dir(server: Server) -> tuple[str, Path]:
+    """An execution id whose directory holds a FIFO `go`: a child opening it
+    waits until the test says go (by opening it for writing)."""
+    eid = new_id("fifo")
+    (server.workspace / eid).mkdir(parents=True)
+    os.mkfifo(server.workspace / eid / "go")
+    return eid, server.workspace / eid / "go"
+
+
+def test_dropped_start_stream_does_not_cancel(server: Server) -> None:
+    """A client that cancels its Start stream, or closes its whole connection,
+    leaves the process running; a later Attach gets everything."""
+    code = "import sys\nprint('before', flush=True)\nopen('go').close()\nprint('after')\nsys.exit(7)\n"
+    for close_channel in (False, True):
+        eid, fifo = _fifo_dir(server)
+        with grpc.insecure_channel(f"unix:{server.socket}") as ch:
+            from kruntimes_runtime.proto import pb_grpc
+
+            stream = pb_grpc.RuntimeServerStub(ch).Start(
+                pb.StartRequest(execution_id=eid, command=pb.Command(argv=["python3", "-c", code]))
+            )
+            assert next(stream).HasField("started")
+            first = next(stream)
+            assert first.output.data == b"before\n"
+            if not close_channel:
+                stream.cancel()
+        # The channel is closed either way now; the child still waits on the FIFO.
+        assert server.status(eid).state == pb.EXECUTION_STATE_RUNNING
+        with open(fifo, "w"):
+            pass
         r = server.attach(eid)
-        assert int(r.stdout) == resp.pid == server.status(eid).pid
+        assert (r.stdout, r.code) == (b"before\nafter\n", 7)
+
+
+def test_attach_replaces_start_stream(server: Server) -> None:
+    eid, fifo = _fifo_dir(server)
+    code = "print('a', flush=True)\nopen('go').close()\nprint('b')\n"
+    _, _, stream = server.start_stream(eid, argv=["python3", "-c", code])
+    assert next(stream).output.data == b"a\n"
+    attach = server.stub.Attach(pb.AttachRequest(execution_id=eid))
+    first = next(attach)
+    assert first.output.data == b"a\n"
+    err = rpc_error(lambda: next(stream))
+    assert err.code() == grpc.StatusCode.ABORTED and "replaced by a newer Attach" in err.details()
+    with open(fifo, "w"):
+        pass
+    r = collect(itertools.chain([first], attach))
+    assert r.stdout == b"a\nb\n" and r.code == 0

@@ -265,9 +265,11 @@ class Execution:
             msg.exit.CopyFrom(self.exit)
         return msg
 
-    async def attach(self, stdout_offset: int, stderr_offset: int) -> AsyncIterator[Any]:
-        """Output from the offsets, then Exited. A newer attach ends this one
-        with ABORTED. Offsets are checked before the first event."""
+    def attach(self, stdout_offset: int, stderr_offset: int) -> AsyncIterator[Any]:
+        """Become the execution's reader: output from the offsets, then Exited.
+        A newer reader (Attach) ends this one with ABORTED. Offsets are checked
+        here, before the first event; registration is synchronous, so a Start
+        that registers its reader before yielding cannot replace a later Attach."""
         self.stdout.check_offset(stdout_offset, "stdout_offset")
         self.stderr.check_offset(stderr_offset, "stderr_offset")
         self._attach_gen += 1

@@ -13,7 +13,7 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,10 +153,13 @@ class Runtime:
                 f"{known} executions are held (finished ones until Forget), the limit is {self.config.max_retained}"
             )
 
-    async def start_execution(self, spec: StartSpec) -> Execution:
+    async def start_execution(self, spec: StartSpec) -> tuple[Execution, AsyncIterator[Any]]:
         """Start an execution: prepared and sent to the zygote synchronously,
         then its pid awaited. If the caller goes away meanwhile, the execution
-        is still registered when the pid arrives, so no process runs untracked."""
+        is still registered when the pid arrives, so no process runs untracked.
+        Returns it with its events from offsets 0/0 (the Start stream), whose
+        reader is registered together with the execution: an Attach can only
+        come after, and then replaces it."""
         zygote = self.zygote
         if zygote is None or not zygote.alive:
             reason = zygote.lost_reason if zygote is not None else "not started"
@@ -173,11 +176,12 @@ class Runtime:
             raise
         prepared = execution
         settled = False
+        events: AsyncIterator[Any] | None = None
 
         def settle(done: asyncio.Future[int]) -> None:
             # Once: as the future's callback (also when the caller went away)
             # or directly after the await, whichever comes first.
-            nonlocal settled
+            nonlocal settled, events
             if settled:
                 return
             settled = True
@@ -189,6 +193,7 @@ class Runtime:
             if prepared.running:
                 self._running.add(spec.execution_id)
             prepared.begin(done.result(), started_ns)
+            events = prepared.attach(0, 0)
 
         future.add_done_callback(settle)
         try:
@@ -198,7 +203,8 @@ class Runtime:
             raise FailedPrecondition(e.message) from None
         except ZygoteLost as e:
             raise Unavailable(f"the python runtime's zygote died while starting the execution ({e})") from None
-        return execution
+        assert events is not None
+        return execution, events
 
     def _prepare(self, spec: StartSpec, zygote: ZygoteClient) -> tuple[Execution, dict[str, Any], list[int]]:
         """Directories, script, plan and pipes; returns the execution (owning the

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from .errors import ServerError, grpc_code
+from .execution import timestamp
 from .proto import pb, pb_grpc
 from .runtime import Runtime
 from .validation import validate_execution_id, validate_grace, validate_start
@@ -40,19 +41,25 @@ class RuntimeService(pb_grpc.RuntimeServerServicer):
     async def Handshake(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _guard(context, self.runtime.handshake)
 
-    async def Start(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def call() -> Any:
-            spec = validate_start(request)
-            execution = await self.runtime.start_execution(spec)
-            return pb.StartResponse(pid=execution.pid, started_at=execution.status().started_at)
+    async def Start(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Started, then what an Attach from 0/0 gives. The execution does not
+        depend on this call: if the client goes away, only the writing stops."""
 
-        return await _guard(context, call)
+        async def call() -> None:
+            spec = validate_start(request)
+            execution, events = await self.runtime.start_execution(spec)
+            started = pb.Started(pid=execution.pid, started_at=timestamp(execution.started_ns))
+            await context.write(pb.ExecutionEvent(started=started))
+            async for event in events:
+                await context.write(event)
+
+        await _guard(context, call)
 
     async def Attach(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         async def call() -> None:
             validate_execution_id(request.execution_id)
             execution = self.runtime.get(request.execution_id)
-            events: AsyncIterator[Any] = await execution.attach(request.stdout_offset, request.stderr_offset)
+            events: AsyncIterator[Any] = execution.attach(request.stdout_offset, request.stderr_offset)
             async for event in events:
                 await context.write(event)
 
