@@ -1,78 +1,80 @@
-//! One Attach stream: sends output chunks from the requested offsets, then the
-//! Exit, and ends. A newer Attach to the same execution ends this one.
-//! A chunk is taken from the buffer only when the channel to the client has
-//! room, so each chunk carries everything produced meanwhile (coalescing)
-//! and the client's pace back-pressures the pumps. After a small chunk, while
-//! the process still runs, the stream lingers briefly before taking the next:
-//! a chatty child's many small writes then travel as a few larger messages
-//! (at most LINGER of added latency, and none under load, when chunks are big).
+//! The event stream of one reader (the Start stream, or an Attach): output
+//! chunks from its offsets, then the Exit, and the end. A newer Attach to the
+//! same execution ends it with ABORTED.
+//!
+//! The stream is polled by the gRPC encoder itself (no task, no channel in
+//! between): a chunk is taken from the buffer only when the transport asks
+//! for the next message, so each chunk carries everything produced meanwhile
+//! (coalescing) and the client's pace back-pressures the pumps. Coalescing of
+//! a chatty child's small writes happens in the pump (`pump.rs`), so nothing
+//! here waits on a timer: output and the Exit go out as soon as they exist.
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
 use kruntimes_proto::runtime::v1::{ExecutionEvent, execution_event};
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::execution::{Execution, Next};
 
-/// Messages queued towards the client beyond the one being written.
-pub const CHANNEL_DEPTH: usize = 2;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ExecutionEvent, Status>> + Send>>;
 
-/// Pause after a small chunk, to let more output accumulate.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
-/// Chunks smaller than this are "small".
-const SMALL_CHUNK: usize = 64 * 1024;
-
-fn is_small(ev: &ExecutionEvent) -> bool {
-    matches!(&ev.event, Some(execution_event::Event::Output(o)) if o.data.len() < SMALL_CHUNK)
+struct Reader {
+    exec: Arc<Execution>,
+    generation: u64,
+    prefer_stderr: bool,
+    /// Sent before anything else (`started` on a Start stream).
+    first: Option<ExecutionEvent>,
+    done: bool,
 }
 
-pub type EventSender = mpsc::Sender<Result<ExecutionEvent, Status>>;
-
-pub async fn stream(exec: Arc<Execution>, generation: u64, tx: EventSender) {
-    let mut prefer_stderr = false;
-    let mut last_small = false;
-    loop {
-        let Ok(permit) = tx.reserve().await else {
-            return; // client gone
-        };
-        if last_small && exec.is_running() {
-            tokio::select! {
-                _ = tokio::time::sleep(LINGER) => {}
-                _ = tx.closed() => return,
-            }
+/// The events for the reader of `generation`, after `first` if given.
+pub fn stream(exec: Arc<Execution>, generation: u64, first: Option<ExecutionEvent>) -> EventStream {
+    let reader = Reader {
+        exec,
+        generation,
+        prefer_stderr: false,
+        first,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(reader, |mut r| async move {
+        if r.done {
+            return None;
         }
-        let next = loop {
-            let notified = exec.changed().notified();
+        if let Some(ev) = r.first.take() {
+            return Some((Ok(ev), r));
+        }
+        let item = r.next().await;
+        Some((item, r))
+    }))
+}
+
+impl Reader {
+    async fn next(&mut self) -> Result<ExecutionEvent, Status> {
+        loop {
+            let notified = self.exec.changed().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match exec.next_event(generation, &mut prefer_stderr) {
-                Next::Pending => {}
-                other => break other,
+            match self
+                .exec
+                .next_event(self.generation, &mut self.prefer_stderr)
+            {
+                Next::Event(ev) => return Ok(ev),
+                Next::Exited(exit) => {
+                    self.done = true;
+                    return Ok(ExecutionEvent {
+                        event: Some(execution_event::Event::Exited(exit)),
+                    });
+                }
+                Next::Superseded => {
+                    self.done = true;
+                    return Err(Status::aborted(format!(
+                        "execution {:?}: replaced by a newer Attach",
+                        self.exec.id
+                    )));
+                }
+                Next::Pending => notified.await,
             }
-            tokio::select! {
-                _ = notified => {}
-                _ = tx.closed() => return,
-            }
-        };
-        match next {
-            Next::Event(ev) => {
-                last_small = is_small(&ev);
-                permit.send(Ok(ev))
-            }
-            Next::Exited(exit) => {
-                permit.send(Ok(ExecutionEvent {
-                    event: Some(execution_event::Event::Exited(exit)),
-                }));
-                return;
-            }
-            Next::Superseded => {
-                permit.send(Err(Status::aborted(format!(
-                    "execution {:?}: replaced by a newer Attach",
-                    exec.id
-                ))));
-                return;
-            }
-            Next::Pending => {}
         }
     }
 }

@@ -13,6 +13,9 @@ use tokio::sync::{Notify, watch};
 use crate::error::RuntimeError;
 use crate::output::{MAX_CHUNK_BYTES, SeekError, StreamBuffer};
 
+/// Reader generation of the Start stream, which reads from offsets 0/0.
+pub const START_GENERATION: u64 = 1;
+
 /// Which output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
@@ -51,7 +54,8 @@ pub enum Next {
 struct State {
     stdout: StreamBuffer,
     stderr: StreamBuffer,
-    /// Generation of the current Attach; older ones end.
+    /// Generation of the current reader (the Start stream is generation
+    /// [`START_GENERATION`], each Attach the next); older ones end.
     attach_gen: u64,
     /// Set once the leader exited: a Cancel after that has nothing to stop.
     leader_exited: bool,
@@ -98,7 +102,7 @@ impl Execution {
             state: Mutex::new(State {
                 stdout: StreamBuffer::new(buffer),
                 stderr: StreamBuffer::new(buffer),
-                attach_gen: 0,
+                attach_gen: START_GENERATION,
                 leader_exited: false,
                 exit: None,
             }),
@@ -250,7 +254,7 @@ impl Execution {
         self.lock().stream(which).room()
     }
 
-    pub fn push(&self, which: Which, data: &[u8]) {
+    pub fn push(&self, which: Which, data: bytes::Bytes) {
         self.lock().stream(which).push(data);
         self.wake();
     }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use kruntimes_proto::runtime::v1::{ExecutionStatus, StartRequest, StartResponse};
+use kruntimes_proto::runtime::v1::{
+    ExecutionEvent, ExecutionStatus, StartRequest, Started, execution_event,
+};
 use kruntimes_proto::time::to_timestamp;
 use tokio::sync::{Notify, watch};
 
@@ -129,8 +131,13 @@ impl Executions {
         })
     }
 
-    /// Starts one execution; returns once the process exists.
-    pub fn start(self: &Arc<Self>, req: StartRequest) -> Result<StartResponse, RuntimeError> {
+    /// Starts one execution; returns once the process exists, with the
+    /// `started` event. The execution's first reader (generation
+    /// [`crate::execution::START_GENERATION`]) reads from offsets 0/0.
+    pub fn start(
+        self: &Arc<Self>,
+        req: StartRequest,
+    ) -> Result<(Arc<Execution>, ExecutionEvent), RuntimeError> {
         let spec = validate::start_request(req)?;
         let mut reservation = self.reserve(&spec.execution_id)?;
         let id = spec.execution_id.clone();
@@ -206,7 +213,7 @@ impl Executions {
 
         let table = Arc::clone(self);
         let supervised = Supervised {
-            exec,
+            exec: Arc::clone(&exec),
             exit: spawned.exit,
             timeout: spec.timeout,
             grace: spec.grace,
@@ -220,10 +227,13 @@ impl Executions {
             table.finished.notify_waiters();
         });
 
-        Ok(StartResponse {
-            pid: spawned.pid,
-            started_at: Some(to_timestamp(started_at)),
-        })
+        let started = ExecutionEvent {
+            event: Some(execution_event::Event::Started(Started {
+                pid: spawned.pid,
+                started_at: Some(to_timestamp(started_at)),
+            })),
+        };
+        Ok((exec, started))
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Execution>, RuntimeError> {

@@ -1,19 +1,44 @@
 //! Moves one output pipe of an execution into its bounded stream buffer.
+//!
 //! The pipe is read only while the buffer has room for unsent bytes, so a
 //! child nobody reads from blocks on write instead of growing server memory.
-use std::os::fd::OwnedFd;
+//!
+//! Few wake-ups: reads are plain non-blocking `read(2)`s into a large
+//! buffer; only when the pipe is empty is it registered with the event loop
+//! for one readiness wait (and deregistered after), so a writer does not wake
+//! the server while it is not waiting. After a small read, while the process
+//! runs, the pump pauses [`LINGER`] before reading again: a chatty child's
+//! lines pile up in the pipe and are taken by one read (bounded delay; the
+//! pause ends at once when the process exits, so the last output and the
+//! Exit are not delayed). A pipe that fills its default size is enlarged once
+//! to [`BIG_PIPE_BYTES`] (best effort), so a fast writer is read in large
+//! chunks. Bytes go from the read buffer to the messages without copies.
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
+use bytes::{BufMut, BytesMut};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::execution::{Execution, Which};
-use crate::output::MAX_CHUNK_BYTES;
 
-/// Bytes read per pump iteration (one read plus follow-up non-blocking reads).
-const READ_BYTES: usize = MAX_CHUNK_BYTES;
+/// Most bytes taken by one read.
+const READ_BYTES: usize = 1024 * 1024;
+/// A fresh read buffer is allocated when less than this is left of the
+/// current one (reads share one allocation until it is used up).
+const MIN_SPARE: usize = 64 * 1024;
+/// Reads smaller than this mean a slow or chatty writer: pause before the
+/// next read.
+const SMALL_READ: usize = 16 * 1024;
+/// The pause after a small read while the process runs.
+pub const LINGER: Duration = Duration::from_millis(1);
+/// Linux's default pipe capacity: a read this large found the pipe full.
+const DEFAULT_PIPE_BYTES: usize = 64 * 1024;
+/// Capacity a full pipe is enlarged to (bounded by the kernel's
+/// pipe-max-size and per-user pipe limits; failure keeps the default).
+const BIG_PIPE_BYTES: libc::c_int = 1024 * 1024;
 /// After the leader exited and its group was killed, how long a pipe may stay
 /// silent before it is considered held open by an escaped process.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,14 +53,14 @@ pub enum PumpEnd {
 }
 
 /// Pumps `fd` into `which` until EOF. `leader_done` becomes true once the
-/// leader exited and its group is gone: from then on reads are bounded.
+/// leader exited and its group is gone: from then on waits are bounded.
 pub async fn pump(
     exec: Arc<Execution>,
     which: Which,
     fd: OwnedFd,
     leader_done: watch::Receiver<bool>,
 ) -> PumpEnd {
-    let end = run(&exec, which, fd, leader_done).await;
+    let end = run(&exec, which, &fd, leader_done).await;
     exec.set_eof(which);
     end
 }
@@ -43,52 +68,95 @@ pub async fn pump(
 async fn run(
     exec: &Execution,
     which: Which,
-    fd: OwnedFd,
+    fd: &OwnedFd,
     mut leader_done: watch::Receiver<bool>,
 ) -> PumpEnd {
-    let mut rx = match pipe::Receiver::from_owned_fd(fd) {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::warn!(id = %exec.id, ?which, error = %e, "cannot read output pipe");
-            return PumpEnd::Abandoned;
-        }
-    };
-    let mut buf = vec![0u8; READ_BYTES];
+    if let Err(e) = set_nonblocking(fd) {
+        tracing::warn!(id = %exec.id, ?which, error = %e, "cannot read output pipe");
+        return PumpEnd::Abandoned;
+    }
+    let mut buf = BytesMut::new();
+    let mut enlarged = false;
     loop {
         let room = wait_for_room(exec, which).await;
-        let limit = room.min(buf.len());
-        let mut filled = match read_bounded(&mut rx, &mut buf[..limit], &mut leader_done).await {
-            Some(Ok(0)) => return PumpEnd::Eof,
-            Some(Ok(n)) => n,
-            Some(Err(e)) => {
+        if buf.capacity() < MIN_SPARE.min(room) {
+            // Reuses the allocation when every chunk read into it is gone.
+            buf.reserve(READ_BYTES);
+        }
+        let limit = room.min(buf.capacity()).min(READ_BYTES);
+        match read_into(fd, &mut buf, limit) {
+            Ok(0) => return PumpEnd::Eof,
+            Ok(n) => {
+                exec.push(which, buf.split().freeze());
+                if !enlarged && n >= DEFAULT_PIPE_BYTES {
+                    enlarged = true;
+                    enlarge(fd);
+                }
+                if n < SMALL_READ {
+                    linger(&mut leader_done).await;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                match wait_readable(fd, &mut leader_done).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            id = %exec.id, ?which,
+                            "output pipe still open {DRAIN_TIMEOUT:?} after the process group ended; an escaped process holds it"
+                        );
+                        return PumpEnd::Abandoned;
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %exec.id, ?which, error = %e, "waiting on output pipe failed");
+                        return PumpEnd::Abandoned;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
                 tracing::warn!(id = %exec.id, ?which, error = %e, "reading output pipe failed");
                 return PumpEnd::Abandoned;
             }
-            None => {
-                tracing::warn!(
-                    id = %exec.id, ?which,
-                    "output pipe still open {DRAIN_TIMEOUT:?} after the process group ended; an escaped process holds it"
-                );
-                return PumpEnd::Abandoned;
-            }
-        };
-        // Take whatever else is already in the pipe, so a chatty child gives
-        // few large pushes rather than one per write.
-        let mut eof = false;
-        while filled < limit {
-            match rx.try_read(&mut buf[filled..limit]) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => filled += n,
-                Err(_) => break,
-            }
         }
-        exec.push(which, &buf[..filled]);
-        if eof {
-            return PumpEnd::Eof;
-        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// One non-blocking read of at most `limit` bytes into `buf`'s spare capacity.
+fn read_into(fd: &OwnedFd, buf: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
+    let spare = buf.chunk_mut();
+    let limit = limit.min(spare.len());
+    // SAFETY: read(2) writes at most `limit` bytes to the spare capacity,
+    // which is valid for writes of `spare.len() >= limit` bytes.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), limit) };
+    let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+    // SAFETY: the kernel initialised the first `n <= limit` spare bytes.
+    unsafe { buf.advance_mut(n) };
+    Ok(n)
+}
+
+fn enlarge(fd: &OwnedFd) {
+    // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, BIG_PIPE_BYTES) };
+    if r < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "pipe kept at its default size");
+    }
+}
+
+/// Pauses after a small read, unless (or until) the leader is done.
+async fn linger(leader_done: &mut watch::Receiver<bool>) {
+    if *leader_done.borrow() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(LINGER) => {}
+        _ = leader_done.changed() => {}
     }
 }
 
@@ -105,24 +173,34 @@ async fn wait_for_room(exec: &Execution, which: Which) -> usize {
     }
 }
 
-/// One read; once the leader is done, a read waits at most [`DRAIN_TIMEOUT`]
-/// (None when it expires).
-async fn read_bounded(
-    rx: &mut pipe::Receiver,
-    buf: &mut [u8],
+/// Waits until the pipe is readable (data or EOF). Once the leader is done
+/// the wait is bounded by [`DRAIN_TIMEOUT`]: `Ok(false)` when it expires.
+async fn wait_readable(
+    fd: &OwnedFd,
     leader_done: &mut watch::Receiver<bool>,
-) -> Option<std::io::Result<usize>> {
+) -> std::io::Result<bool> {
+    // Registered only for this wait; dropping `afd` deregisters it and does
+    // not close the fd (a BorrowedFd owns nothing).
+    // SAFETY: the fd is borrowed from `fd`, which outlives `afd` (both live
+    // in this call), stays open and is not replaced meanwhile.
+    let afd = unsafe { AsyncFd::register_with_interest(fd.as_fd(), Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
     loop {
-        let done = *leader_done.borrow();
-        if done {
-            return tokio::time::timeout(DRAIN_TIMEOUT, rx.read(buf)).await.ok();
+        if *leader_done.borrow() {
+            return match tokio::time::timeout(DRAIN_TIMEOUT, afd.readable()).await {
+                Ok(r) => r.map(|_| true),
+                Err(_) => Ok(false),
+            };
         }
         tokio::select! {
-            r = rx.read(&mut *buf) => return Some(r),
+            r = afd.readable() => return r.map(|_| true),
             changed = leader_done.changed() => {
                 if changed.is_err() {
-                    // Supervisor gone without saying: bound the read anyway.
-                    return tokio::time::timeout(DRAIN_TIMEOUT, rx.read(buf)).await.ok();
+                    // Supervisor gone without saying: bound the wait anyway.
+                    return match tokio::time::timeout(DRAIN_TIMEOUT, afd.readable()).await {
+                        Ok(r) => r.map(|_| true),
+                        Err(_) => Ok(false),
+                    };
                 }
             }
         }

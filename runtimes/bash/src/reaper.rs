@@ -6,9 +6,9 @@
 //!
 //! Registration and spawn happen under the same lock as `waitpid`, so a child
 //! that exits immediately cannot be reaped before its pid is registered, and
-//! std's own wait after a failed exec cannot race with this loop.
+//! glibc's own wait for a child whose exec failed (inside `posix_spawn`)
+//! cannot race with this loop.
 use std::collections::HashMap;
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -55,17 +55,17 @@ impl Reaper {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Spawns `cmd` and registers its pid before any exit can be reaped.
-    pub fn spawn(
+    /// Runs `spawn` (which returns the new pid) and registers the pid before
+    /// any exit can be reaped.
+    pub fn spawn<E>(
         &self,
-        cmd: &mut Command,
-    ) -> std::io::Result<(Child, oneshot::Receiver<ProcessExit>)> {
+        spawn: impl FnOnce() -> Result<i32, E>,
+    ) -> Result<(i32, oneshot::Receiver<ProcessExit>), E> {
         let mut waiting = self.lock();
-        let child = cmd.spawn()?;
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        let pid = spawn()?;
         let (tx, rx) = oneshot::channel();
         waiting.insert(pid, tx);
-        Ok((child, rx))
+        Ok((pid, rx))
     }
 
     /// Reaps every child that has exited. Uses libc directly: nix's

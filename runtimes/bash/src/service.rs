@@ -4,15 +4,13 @@ use std::sync::Arc;
 
 use kruntimes_proto::runtime::v1::runtime_server_server::RuntimeServer;
 use kruntimes_proto::runtime::v1::{
-    AttachRequest, CancelRequest, CancelResponse, ExecutionEvent, ExecutionStatus, ForgetRequest,
-    ForgetResponse, HandshakeRequest, HandshakeResponse, ListRequest, ListResponse, StartRequest,
-    StartResponse, StatusRequest,
+    AttachRequest, CancelRequest, CancelResponse, ExecutionStatus, ForgetRequest, ForgetResponse,
+    HandshakeRequest, HandshakeResponse, ListRequest, ListResponse, StartRequest, StatusRequest,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::attach::{self, CHANNEL_DEPTH};
+use crate::attach::{self, EventStream};
+use crate::execution::START_GENERATION;
 use crate::executions::Executions;
 use crate::handshake::handshake;
 
@@ -35,11 +33,20 @@ impl RuntimeServer for Service {
         Ok(Response::new(handshake(&self.execs).await))
     }
 
-    async fn start(&self, req: Request<StartRequest>) -> Result<Response<StartResponse>, Status> {
+    type StartStream = EventStream;
+
+    /// Errors fail the call before any event; once the process exists the
+    /// stream starts with `started`. Dropping the stream leaves the
+    /// execution running (it does not depend on its reader).
+    async fn start(&self, req: Request<StartRequest>) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
         let id = req.execution_id.clone();
         match self.execs.start(req) {
-            Ok(r) => Ok(Response::new(r)),
+            Ok((exec, started)) => Ok(Response::new(attach::stream(
+                exec,
+                START_GENERATION,
+                Some(started),
+            ))),
             Err(e) => {
                 tracing::info!(%id, error = %e, "start rejected");
                 Err(e.into())
@@ -47,7 +54,7 @@ impl RuntimeServer for Service {
         }
     }
 
-    type AttachStream = ReceiverStream<Result<ExecutionEvent, Status>>;
+    type AttachStream = EventStream;
 
     async fn attach(
         &self,
@@ -56,9 +63,7 @@ impl RuntimeServer for Service {
         let req = req.into_inner();
         let exec = self.execs.get(&req.execution_id)?;
         let generation = exec.attach(req.stdout_offset, req.stderr_offset)?;
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        tokio::spawn(attach::stream(exec, generation, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(attach::stream(exec, generation, None)))
     }
 
     async fn cancel(

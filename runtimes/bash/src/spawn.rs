@@ -1,15 +1,24 @@
 //! Starting a process: merge the env, resolve the program through PATH, and
-//! spawn it in a new session (its own process group) with stdin from
+//! spawn it with `posix_spawn` in a new session (its own process group) with
+//! all signals at their default disposition and unblocked, stdin from
 //! /dev/null and stdout/stderr on pipes, registered with the reaper.
+//!
+//! Why `posix_spawn` and not `fork`: the server is multi-threaded and large;
+//! glibc's `posix_spawn` clones with `CLONE_VM | CLONE_VFORK` (no page-table
+//! copy) and reports exec failures itself, with no extra pipe. std's
+//! `Command` can do the same but not with `setsid`, which needs a `pre_exec`
+//! closure and so a real fork; glibc's `POSIX_SPAWN_SETSID` does it in the
+//! spawn.
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
+use std::ffi::{CString, OsStr, OsString};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
-use nix::unistd::{AccessFlags, access};
+use nix::fcntl::OFlag;
 use tokio::sync::oneshot;
 
 use crate::error::RuntimeError;
@@ -49,7 +58,9 @@ pub fn merged_env(overrides: &[(String, String)]) -> Vec<(OsString, OsString)> {
 }
 
 /// Finds the executable for `argv0`: a name with '/' is taken relative to
-/// `cwd`; a bare name is searched in `path` (the merged env's PATH).
+/// `cwd`; a bare name is searched in `path` (the merged env's PATH), one
+/// `stat` per directory tried. The first regular file with an execute bit
+/// wins; exec itself reports anything finer (EACCES for another user's bit).
 pub fn resolve_program(
     argv0: &str,
     path: Option<&OsStr>,
@@ -62,13 +73,15 @@ pub fn resolve_program(
     let path = path.unwrap_or(OsStr::new(DEFAULT_PATH));
     for dir in std::env::split_paths(path) {
         // POSIX: an empty PATH element means the current directory.
-        let dir = if dir.as_os_str().is_empty() {
-            cwd.to_path_buf()
+        let candidate = if dir.as_os_str().is_empty() {
+            cwd.join(argv0)
         } else {
-            cwd.join(dir)
+            cwd.join(dir).join(argv0)
         };
-        let candidate = dir.join(argv0);
-        if candidate.is_file() && check_executable(&candidate).is_ok() {
+        if let Ok(meta) = std::fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
             return Ok(candidate);
         }
     }
@@ -88,45 +101,201 @@ fn check_executable(p: &Path) -> Result<(), RuntimeError> {
             p.display()
         )));
     }
-    access(p, AccessFlags::X_OK).map_err(|e| {
-        RuntimeError::ProgramUnavailable(format!("program {} is not executable: {e}", p.display()))
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(RuntimeError::ProgramUnavailable(format!(
+            "program {} is not executable (mode {:o})",
+            p.display(),
+            meta.permissions().mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// /dev/null, opened once for every child's stdin.
+fn dev_null() -> std::io::Result<BorrowedFd<'static>> {
+    static DEV_NULL: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let fd: OwnedFd = std::fs::File::open("/dev/null")?.into();
+    // A concurrent first caller may win; its fd is as good as ours.
+    Ok(DEV_NULL.get_or_init(|| fd).as_fd())
+}
+
+fn cstring(what: &str, s: &OsStr) -> Result<CString, RuntimeError> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        RuntimeError::io(
+            format!("{what} {:?}", s.to_string_lossy()),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "contains NUL"),
+        )
     })
+}
+
+/// A pipe (close-on-exec both ends) with both ends above the standard fds,
+/// so the child's dup2 onto 0/1/2 cannot clobber one of them even if the
+/// server was started with a standard fd closed.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    Ok(
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)).map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })?,
+    )
+}
+
+/// Maps a non-zero return of the posix_spawn family to an error.
+fn check(r: libc::c_int) -> std::io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(r))
+    }
+}
+
+/// `posix_spawn_file_actions_t`, destroyed on drop.
+struct FileActions(libc::posix_spawn_file_actions_t);
+
+impl FileActions {
+    fn new() -> std::io::Result<Box<Self>> {
+        let mut raw = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        // SAFETY: init fully initialises the object it is given.
+        check(unsafe { libc::posix_spawn_file_actions_init(raw.as_mut_ptr()) })?;
+        // SAFETY: initialised just above. Boxed so its address stays fixed.
+        Ok(Box::new(Self(unsafe { raw.assume_init() })))
+    }
+
+    fn dup2(&mut self, fd: BorrowedFd<'_>, to: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: self.0 is initialised; the fd stays open until the spawn
+        // (the caller holds it for longer than this object).
+        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd.as_raw_fd(), to) })
+    }
+
+    fn chdir(&mut self, dir: &CString) -> std::io::Result<()> {
+        // SAFETY: self.0 is initialised; glibc copies the path.
+        check(unsafe { libc::posix_spawn_file_actions_addchdir_np(&mut self.0, dir.as_ptr()) })
+    }
+}
+
+impl Drop for FileActions {
+    fn drop(&mut self) {
+        // SAFETY: initialised in new(), destroyed once.
+        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+    }
+}
+
+/// `posix_spawnattr_t`, destroyed on drop.
+struct Attr(libc::posix_spawnattr_t);
+
+impl Attr {
+    /// New session, empty signal mask, every signal at its default action
+    /// (the server ignores SIGPIPE, and whoever started it may have ignored
+    /// others; the child must not inherit that).
+    fn new_session() -> std::io::Result<Box<Self>> {
+        let mut raw = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        // SAFETY: init fully initialises the object it is given.
+        check(unsafe { libc::posix_spawnattr_init(raw.as_mut_ptr()) })?;
+        // SAFETY: initialised just above. Boxed so its address stays fixed.
+        let mut attr = Box::new(Self(unsafe { raw.assume_init() }));
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset/sigfillset initialise the set; the setters copy
+        // it into the initialised attr.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            check(libc::posix_spawnattr_setsigmask(&mut attr.0, set.as_ptr()))?;
+            libc::sigfillset(set.as_mut_ptr());
+            check(libc::posix_spawnattr_setsigdefault(
+                &mut attr.0,
+                set.as_ptr(),
+            ))?;
+        }
+        let flags = libc::POSIX_SPAWN_SETSID
+            | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
+            | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short;
+        // SAFETY: attr.0 is initialised.
+        check(unsafe { libc::posix_spawnattr_setflags(&mut attr.0, flags) })?;
+        Ok(attr)
+    }
+}
+
+impl Drop for Attr {
+    fn drop(&mut self) {
+        // SAFETY: initialised in new_session(), destroyed once.
+        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+    }
 }
 
 /// Spawns the process in its own session and registers it with the reaper.
 pub fn spawn(reaper: &Reaper, launch: &Launch) -> Result<Spawned, RuntimeError> {
-    let mut cmd = Command::new(&launch.program);
-    cmd.arg0(&launch.arg0)
-        .args(&launch.args)
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&launch.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
+    let program = cstring("program", launch.program.as_os_str())?;
+    let cwd = cstring("working directory", launch.cwd.as_os_str())?;
+    let mut argv = Vec::with_capacity(launch.args.len() + 1);
+    argv.push(cstring("argv[0]", &launch.arg0)?);
+    for a in &launch.args {
+        argv.push(cstring("argument", a)?);
     }
-    let (mut child, exit) = reaper
-        .spawn(&mut cmd)
-        .map_err(|e| spawn_error(&launch.program, e))?;
-    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(RuntimeError::io(
-            format!("spawning {}", launch.program.display()),
-            std::io::Error::other("child pipes missing"),
-        ));
+    let mut envp = Vec::with_capacity(launch.env.len());
+    for (k, v) in &launch.env {
+        let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
+        kv.extend_from_slice(k.as_bytes());
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        envp.push(cstring("env", OsStr::from_bytes(&kv))?);
+    }
+    let ptrs = |v: &[CString]| -> Vec<*mut libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr().cast_mut())
+            .chain(std::iter::once(std::ptr::null_mut()))
+            .collect()
     };
-    // Dropping `child` does not wait for it: the reaper owns the exit status.
+    let argv_p = ptrs(&argv);
+    let envp_p = ptrs(&envp);
+
+    let ctx =
+        |e: std::io::Error| RuntimeError::io(format!("spawning {}", launch.program.display()), e);
+    let (out_r, out_w) = pipe().map_err(ctx)?;
+    let (err_r, err_w) = pipe().map_err(ctx)?;
+    let null = dev_null().map_err(ctx)?;
+    let mut actions = FileActions::new().map_err(ctx)?;
+    actions.dup2(null, 0).map_err(ctx)?;
+    actions.dup2(out_w.as_fd(), 1).map_err(ctx)?;
+    actions.dup2(err_w.as_fd(), 2).map_err(ctx)?;
+    actions.chdir(&cwd).map_err(ctx)?;
+    let attr = Attr::new_session().map_err(ctx)?;
+
+    let (pid, exit) = reaper
+        .spawn(|| {
+            let mut pid: libc::pid_t = 0;
+            // SAFETY: every pointer is valid for the call: program and the
+            // NULL-terminated argv/envp arrays point into CStrings alive
+            // until after it, actions and attr are initialised. glibc
+            // copies what the child needs before returning.
+            check(unsafe {
+                libc::posix_spawn(
+                    &mut pid,
+                    program.as_ptr(),
+                    &actions.0,
+                    &attr.0,
+                    argv_p.as_ptr(),
+                    envp_p.as_ptr(),
+                )
+            })
+            .map(|()| pid)
+        })
+        .map_err(|e| spawn_error(&launch.program, e))?;
+    // The child has its own copies; the server keeps only the read ends.
+    drop((out_w, err_w));
     Ok(Spawned {
         pid,
-        stdout: stdout.into(),
-        stderr: stderr.into(),
+        stdout: out_r,
+        stderr: err_r,
         exit,
     })
 }
@@ -134,7 +303,10 @@ pub fn spawn(reaper: &Reaper, launch: &Launch) -> Result<Spawned, RuntimeError> 
 fn spawn_error(program: &Path, e: std::io::Error) -> RuntimeError {
     use std::io::ErrorKind;
     let is_exec_problem = matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied)
-        || e.raw_os_error() == Some(libc::ENOEXEC);
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOEXEC | libc::ENOTDIR | libc::ELOOP)
+        );
     let is_resource = matches!(
         e.raw_os_error(),
         Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM)

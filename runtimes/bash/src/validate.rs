@@ -67,7 +67,7 @@ pub enum Program {
     /// argv[0] still to be resolved through PATH.
     Command { argv: Vec<String> },
     Script {
-        source: Vec<u8>,
+        source: bytes::Bytes,
         args: Vec<String>,
         filename: String,
     },
@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn script_limits_and_filename() {
-        let script = |source: Vec<u8>, filename: &str| StartRequest {
+        let script = |source: bytes::Bytes, filename: &str| StartRequest {
             execution_id: "s".into(),
             program: Some(start_request::Program::Script(Script {
                 source,
@@ -429,18 +429,18 @@ mod tests {
             })),
             ..Default::default()
         };
-        let spec = start_request(script(b"echo hi".to_vec(), "")).unwrap();
+        let spec = start_request(script(bytes::Bytes::from_static(b"echo hi"), "")).unwrap();
         assert!(
             matches!(spec.program, Program::Script { ref filename, .. } if filename == "script")
         );
-        let e = start_request(script(vec![b'#'; MAX_SCRIPT_BYTES + 1], "x")).unwrap_err();
+        let e = start_request(script(vec![b'#'; MAX_SCRIPT_BYTES + 1].into(), "x")).unwrap_err();
         assert_eq!(e.field, "script.source");
         assert!(e.problem.contains("1048576"));
         for bad in ["a/b", "..", ".", "/x", &"n".repeat(256)] {
-            let e = start_request(script(b"true".to_vec(), bad)).unwrap_err();
+            let e = start_request(script(bytes::Bytes::from_static(b"true"), bad)).unwrap_err();
             assert_eq!(e.field, "script.filename", "{bad:?}");
         }
-        start_request(script(b"true".to_vec(), "build.sh")).unwrap();
+        start_request(script(bytes::Bytes::from_static(b"true"), "build.sh")).unwrap();
     }
 
     #[test]
