@@ -4,7 +4,7 @@
 //! N-byte artifact to a client writing it to disk) vs nginx serving the same
 //! stored file over HTTP on 127.0.0.1 to curl, measured in the same run.
 
-use super::streaming::{rate, raw_pipe};
+use super::streaming::{ceiling_note, pipe_to_file, rate, raw_pipe};
 use super::{Context, blocking, progress};
 use crate::client::{command, execute, execute_detached};
 use crate::error::{BenchError, Result};
@@ -39,9 +39,13 @@ pub async fn follow(ctx: &Context) -> Result<Vec<Row>> {
     ));
     let mut client = ctx.daemon.client()?;
     let (mut through, mut raw) = (Samples::default(), Samples::default());
+    let mut to_file = Samples::default();
+    let scratch = ctx.daemon.scratch().to_path_buf();
     let arg = bytes.to_string();
     for i in 0..counts.warmup + counts.iterations {
         let r = blocking(move || raw_pipe(bytes)).await?;
+        let dir = scratch.clone();
+        let f = blocking(move || pipe_to_file(bytes, &dir)).await?;
         let start = Instant::now();
         let id = execute_detached(
             &mut client,
@@ -80,15 +84,18 @@ pub async fn follow(ctx: &Context) -> Result<Vec<Row>> {
         if i >= counts.warmup {
             raw.push(r);
             through.push(d);
+            to_file.push(f);
         }
     }
     let (Some(m), b) = (rate(&through, bytes), rate(&raw, bytes)) else {
         return Err(BenchError::Unexpected("no samples".into()));
     };
     Ok(vec![
-        Row::measured("follow", name, m, baseline, b, FOLLOW_GOAL).with_note(format!(
-            "{bytes} bytes and the end marker verified per follow"
-        )),
+        Row::measured("follow", name, m, baseline, b, FOLLOW_GOAL)
+            .with_note(format!(
+                "{bytes} bytes and the end marker verified per follow"
+            ))
+            .with_note(ceiling_note(&to_file, bytes, b.as_ref())),
     ])
 }
 

@@ -30,6 +30,26 @@ fn human(bytes: u64) -> String {
 }
 
 pub(super) fn raw_pipe(bytes: u64) -> Result<Duration> {
+    pipe_into(bytes, None)
+}
+
+/// The durable spool's share: the same pipe, its bytes written to a file in
+/// `dir` (the spool's filesystem), the file removed afterwards.
+pub(super) fn pipe_to_file(bytes: u64, dir: &std::path::Path) -> Result<Duration> {
+    let path = dir.join("spool-ceiling.bin");
+    let r = pipe_into(bytes, Some(&path));
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+fn pipe_into(bytes: u64, file: Option<&std::path::Path>) -> Result<Duration> {
+    use std::io::Write;
+    let mut sink = match file {
+        Some(p) => Some(
+            std::fs::File::create(p).map_err(|e| BenchError::io("creating the ceiling file", e))?,
+        ),
+        None => None,
+    };
     let start = Instant::now();
     let mut child = Command::new("head")
         .args(["-c", &bytes.to_string(), "/dev/zero"])
@@ -50,6 +70,10 @@ pub(super) fn raw_pipe(bytes: u64) -> Result<Duration> {
             .map_err(|e| BenchError::io("reading head's stdout", e))?;
         if n == 0 {
             break;
+        }
+        if let Some(f) = sink.as_mut() {
+            f.write_all(&buf[..n])
+                .map_err(|e| BenchError::io("writing the ceiling file", e))?;
         }
         got += n as u64;
     }
@@ -90,11 +114,15 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let mut client = ctx.daemon.client()?;
     let n = counts.iterations as usize;
     let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
+    let mut to_file = Samples::with_capacity(n);
+    let scratch = ctx.daemon.scratch().to_path_buf();
     let mut messages = 0u64;
     let arg = bytes.to_string();
     let cpu = CpuMeter::start(&ctx.daemon, "bash");
     for i in 0..counts.warmup + counts.iterations {
         let r = blocking(move || raw_pipe(bytes)).await?;
+        let dir = scratch.clone();
+        let f = blocking(move || pipe_to_file(bytes, &dir)).await?;
         let start = Instant::now();
         let out = execute(
             &mut client,
@@ -113,6 +141,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
         if i >= counts.warmup {
             raw.push(r);
             through.push(d);
+            to_file.push(f);
             messages = out.output_messages;
         }
     }
@@ -128,8 +157,23 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     Ok(vec![
         Row::measured("stream", name, m, BASELINE, b, GOAL)
             .with_note(note)
+            .with_note(ceiling_note(&to_file, bytes, b.as_ref()))
             .with_note(cpu.note(counts.warmup + counts.iterations)),
     ])
+}
+
+/// What the spool alone allows: the same pipe written to a file on the
+/// spool's filesystem, next to the raw pipe.
+pub(super) fn ceiling_note(to_file: &Samples, bytes: u64, raw: Option<&Value>) -> String {
+    match (rate(to_file, bytes), raw) {
+        (Some(f), Some(r)) => format!(
+            "ceiling set by the durable spool: the same pipe written to a file on the spool's \
+             filesystem runs at {:.0} MB/s, {:.2}x the raw pipe",
+            f.p50,
+            f.p50 / r.p50
+        ),
+        _ => "ceiling set by the durable spool: not measured".into(),
+    }
 }
 
 #[cfg(test)]
