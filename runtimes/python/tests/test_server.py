@@ -79,6 +79,13 @@ def test_env_precedence(server: Server) -> None:
         env={"KRT_X": "1", "HOME": "/h"},
     )
     assert r.stdout == b"1 /h\n"
+    # The server's own tuning (gRPC experiments) stays out of the Runs' environment.
+    assert "GRPC_EXPERIMENTS" not in os.environ
+    for argv in (
+        ["python3", "-c", "import os; print(os.environ.get('GRPC_EXPERIMENTS'))"],
+        ["sh", "-c", "echo ${GRPC_EXPERIMENTS-None}"],
+    ):
+        assert server.run(argv=argv).stdout == b"None\n"
 
 
 def test_working_directory(server: Server) -> None:

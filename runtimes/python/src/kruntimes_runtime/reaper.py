@@ -1,14 +1,23 @@
-"""Reaps the server's children on SIGCHLD: the zygote (whose exit is reported to
-its watcher) and orphans re-parented to the server, the subreaper, when the
-zygote dies. Nothing else in the server calls waitpid."""
+"""Reaps the server's children: the zygote (whose exit is reported to its
+watcher) and orphans re-parented to the server, the subreaper, when the zygote
+dies. Nothing else in the server calls waitpid.
+
+A watched pid is waited for through a pidfd the event loop watches, so no loop
+needs to own SIGCHLD (uvloop refuses to hand it out). Orphans have no pidfd
+until someone finds them: SIGCHLD (a plain signal handler, restarting
+interrupted system calls as asyncio's own does) schedules a sweep, and
+`watch_orphans` gives a pidfd to each process `kill_adopted` just killed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -24,24 +33,88 @@ def describe_status(status: int) -> str:
     return f"exited with code {os.WEXITSTATUS(status)}"
 
 
+def _ignore(status: int) -> None:
+    pass
+
+
 class ChildReaper:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._watchers: dict[int, Callable[[int], None]] = {}
+        # pid -> (pidfd, callback)
+        self._watchers: dict[int, tuple[int, Callable[[int], None]]] = {}
+        self._previous: Any = None
+        self._installed = False
         self.orphans_reaped = 0
 
     def install(self) -> None:
-        self._loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        self._previous = signal.signal(signal.SIGCHLD, self._on_sigchld)
+        signal.siginterrupt(signal.SIGCHLD, False)
+        self._installed = True
 
     def uninstall(self) -> None:
-        self._loop.remove_signal_handler(signal.SIGCHLD)
+        if self._installed:
+            signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)
+            self._installed = False
+        for pid in list(self._watchers):
+            self._unwatch(pid)
+
+    def _on_sigchld(self, signum: int, frame: object) -> None:
+        # Runs in the main thread between bytecodes: defer the sweep to the loop.
+        self._loop.call_soon_threadsafe(self.reap)
 
     def watch(self, pid: int, callback: Callable[[int], None]) -> None:
-        """Call `callback(status)` when `pid` is reaped. Register right after
-        spawning (before yielding to the loop) so the exit cannot be missed."""
-        self._watchers[pid] = callback
+        """Call `callback(status)` when `pid` (our child) is reaped. Register
+        right after spawning; the pidfd's readiness is level-triggered, so an
+        exit that already happened is not missed."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EPERM):
+                raise
+            # No pidfds (Linux < 5.3, or a seccomp filter): SIGCHLD's sweep reaps it.
+            self._watchers[pid] = (-1, callback)
+            return
+        self._watchers[pid] = (fd, callback)
+        self._loop.add_reader(fd, self._on_pidfd, pid)
+
+    def watch_orphans(self, pids: list[int]) -> None:
+        """Reap these adopted processes (just killed) as soon as they die."""
+        for pid in pids:
+            if pid not in self._watchers:
+                try:
+                    self.watch(pid, _ignore)
+                except (ProcessLookupError, OSError):
+                    continue  # already reaped by a sweep
+
+    def _unwatch(self, pid: int) -> Callable[[int], None] | None:
+        entry = self._watchers.pop(pid, None)
+        if entry is None:
+            return None
+        fd, callback = entry
+        if fd >= 0:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        return callback
+
+    def _on_pidfd(self, pid: int) -> None:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            self._unwatch(pid)  # reaped elsewhere (a sweep), which ran its callback
+            return
+        if done == pid:
+            self._finish(pid, status)
+
+    def _finish(self, pid: int, status: int) -> None:
+        callback = self._unwatch(pid)
+        if callback is None:
+            self.orphans_reaped += 1
+            log.debug("reaped orphan pid %d (%s)", pid, describe_status(status))
+        else:
+            callback(status)
 
     def reap(self) -> None:
+        """Reap every child that has exited (watched or not)."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -49,12 +122,7 @@ class ChildReaper:
                 return
             if pid == 0:
                 return
-            callback = self._watchers.pop(pid, None)
-            if callback is not None:
-                callback(status)
-            else:
-                self.orphans_reaped += 1
-                log.debug("reaped orphan pid %d (%s)", pid, describe_status(status))
+            self._finish(pid, status)
 
 
 def adopted_children(parent: int) -> list[tuple[int, int]]:
@@ -73,10 +141,10 @@ def adopted_children(parent: int) -> list[tuple[int, int]]:
     return found
 
 
-def kill_adopted(exclude: set[int]) -> int:
+def kill_adopted(exclude: set[int]) -> list[int]:
     """SIGKILL the processes (and their groups) re-parented to this process,
     the subreaper, when the zygote died: children it had forked ahead of need,
-    or whose report can no longer come. Returns how many were found."""
+    or whose report can no longer come. Returns their pids."""
     own_group = os.getpgrp()
     victims = [(pid, pgid) for pid, pgid in adopted_children(os.getpid()) if pid not in exclude]
     for pid, pgid in victims:
@@ -86,4 +154,4 @@ def kill_adopted(exclude: set[int]) -> int:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    return len(victims)
+    return [pid for pid, _ in victims]

@@ -87,7 +87,9 @@ class Runtime:
             # reached us) are now ours: none may run untracked.
             stray = kill_adopted(exclude=set())
             if stray:
-                log.warning("killed %d process(es) left by the dead zygote", stray)
+                log.warning("killed %d process(es) left by the dead zygote", len(stray))
+                if self.reaper is not None:
+                    self.reaper.watch_orphans(stray)
         if self._stopping or (self._restart_task is not None and not self._restart_task.done()):
             return
         if self.on_ready_change is not None:

@@ -56,10 +56,12 @@ def _bind(server: grpc.aio.Server, listen: ListenAddress) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, env: dict[str, str] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; `env` is the Runs' base environment
+    (default: this process's)."""
     loop = asyncio.get_running_loop()
     become_subreaper()
-    runtime = Runtime(config.runtime)
+    runtime = Runtime(config.runtime, env)
     await runtime.start()
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
