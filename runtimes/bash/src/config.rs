@@ -47,6 +47,12 @@ pub struct Config {
     #[arg(long, env = "KRUNTIMES_BASH")]
     pub bash: Option<PathBuf>,
 
+    /// Threads serving RPCs and output: 1 (the default) runs everything on
+    /// one thread; more give a multi-threaded scheduler.
+    #[arg(long, env = "KRUNTIMES_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub worker_threads: u32,
+
     /// Longest grace given to running executions when the server is stopped.
     #[arg(long, env = "KRUNTIMES_SHUTDOWN_GRACE_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
@@ -112,6 +118,7 @@ mod tests {
         let c = Config::try_parse_from(["x", "--listen", "unix:/tmp/s", "--workspace", "/tmp/w"])
             .unwrap();
         assert_eq!(c.max_executions, 256);
+        assert_eq!(c.worker_threads, 1);
         assert_eq!(c.buffer_bytes, 4 * 1024 * 1024);
         let e = Config::try_parse_from([
             "x",

@@ -69,10 +69,18 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread by default: the work is I/O bound and small per event,
+    // and on the few cores a Runtime Pod has, wake-ups handed between worker
+    // threads cost more than they save (measured: about 8 context switches
+    // per trivial Run instead of 12-17, and less CPU per Run and per GiB).
+    let mut builder = if config.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.worker_threads as usize);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -24,11 +24,13 @@ use tokio::sync::watch;
 
 use crate::execution::{Execution, Which};
 
-/// Most bytes taken by one read.
+/// Most bytes taken by one read, and the largest read buffer.
 const READ_BYTES: usize = 1024 * 1024;
-/// A fresh read buffer is allocated when less than this is left of the
-/// current one (reads share one allocation until it is used up).
-const MIN_SPARE: usize = 64 * 1024;
+/// The first read buffer. Buffers double (up to [`READ_BYTES`]) while reads
+/// fill them, so a quiet process costs no large allocation (a 1 MiB buffer
+/// per pipe per Run showed up as heap growing and trimming, `brk`, per Run)
+/// and a fast writer soon gets large reads.
+const FIRST_BUFFER: usize = 16 * 1024;
 /// Reads smaller than this mean a slow or chatty writer: pause before the
 /// next read.
 const SMALL_READ: usize = 16 * 1024;
@@ -76,17 +78,23 @@ async fn run(
         return PumpEnd::Abandoned;
     }
     let mut buf = BytesMut::new();
+    // Size of the next buffer allocation.
+    let mut alloc = FIRST_BUFFER;
     let mut enlarged = false;
     loop {
         let room = wait_for_room(exec, which).await;
-        if buf.capacity() < MIN_SPARE.min(room) {
-            // Reuses the allocation when every chunk read into it is gone.
-            buf.reserve(READ_BYTES);
+        // Reads share one allocation until less than a useful read is left
+        // of it; `reserve` reuses it when every chunk read into it is gone.
+        if buf.capacity() < (alloc / 4).min(room) {
+            buf.reserve(alloc);
         }
         let limit = room.min(buf.capacity()).min(READ_BYTES);
         match read_into(fd, &mut buf, limit) {
             Ok(0) => return PumpEnd::Eof,
             Ok(n) => {
+                if n == limit && n >= alloc / 2 {
+                    alloc = (alloc * 2).min(READ_BYTES);
+                }
                 exec.push(which, buf.split().freeze());
                 if !enlarged && n >= DEFAULT_PIPE_BYTES {
                     enlarged = true;
@@ -121,10 +129,11 @@ async fn run(
     }
 }
 
+/// The server's fresh read end has no other status flags to keep (the
+/// access mode is ignored by F_SETFL), so one call does it.
 fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
