@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo build --release -p kruntimes-bash-runtime --examples --bins
 //! target/release/examples/drive latency 300     # bash -c true: Start..Exited vs spawn+wait
+//! target/release/examples/drive latency 300 'echo hi'   # the same with another bash -c script
 //! target/release/examples/drive chatty 3        # python -u printing 1M lines vs > /dev/null
 //! target/release/examples/drive stream 1073741824 3   # head -c N /dev/zero vs a raw pipe
 //! ```
@@ -123,22 +124,29 @@ async fn main() -> Res<()> {
     let mut c = server.client();
     match mode {
         "latency" => {
+            let script = args.get(2).map_or("true", String::as_str);
+            let argv = ["bash", "-c", script];
             for _ in 0..20 {
-                through(&mut c, &["bash", "-c", "true"]).await?;
+                through(&mut c, &argv).await?;
             }
             let mut raw = Vec::new();
             let mut srv = Vec::new();
             let before = server_usage(server.pid());
             for _ in 0..n {
                 let t = Instant::now();
-                Command::new("bash").args(["-c", "true"]).status()?;
+                // As the bench's baseline; output, when any, read from pipes.
+                if script == "true" {
+                    Command::new("bash").args(["-c", script]).status()?;
+                } else {
+                    Command::new("bash").args(["-c", script]).output()?;
+                }
                 raw.push(t.elapsed());
-                srv.push(through(&mut c, &["bash", "-c", "true"]).await?.0);
+                srv.push(through(&mut c, &argv).await?.0);
             }
             per_run(server.pid(), before, n);
             let (r, s) = (p50(raw), p50(srv));
             println!(
-                "bash -c true p50: server {:.3} ms, spawn+wait {:.3} ms, ratio {:.2}",
+                "bash -c {script:?} p50: server {:.3} ms, spawn+wait {:.3} ms, ratio {:.2}",
                 ms(s),
                 ms(r),
                 s.as_secs_f64() / r.as_secs_f64()

@@ -197,7 +197,8 @@ struct Attr(libc::posix_spawnattr_t);
 impl Attr {
     /// New session, empty signal mask, every signal at its default action
     /// (the server ignores SIGPIPE, and whoever started it may have ignored
-    /// others; the child must not inherit that).
+    /// others; the child must not inherit that). glibc's own internal
+    /// signals (32, 33) are outside `sigfillset` and stay glibc's business.
     fn new_session() -> std::io::Result<Box<Self>> {
         let mut raw = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
         // SAFETY: init fully initialises the object it is given.
@@ -341,6 +342,94 @@ mod tests {
             std::env::var_os("PATH"),
             server_path,
             "server env untouched"
+        );
+    }
+
+    fn launch(program: &Path, args: &[&str], cwd: &Path) -> Launch {
+        Launch {
+            program: program.to_path_buf(),
+            arg0: program.as_os_str().to_owned(),
+            args: args.iter().map(OsString::from).collect(),
+            env: merged_env(&[]),
+            cwd: cwd.to_path_buf(),
+        }
+    }
+
+    fn read_all(fd: OwnedFd) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        s
+    }
+
+    fn field<'a>(status: &'a str, name: &str) -> &'a str {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} missing in {status}"))
+            .trim()
+    }
+
+    /// The child leads its own session and process group, has no signal
+    /// blocked or ignored (this test process ignores SIGPIPE, as the server
+    /// does, and SIGHUP here on purpose), stdin is /dev/null, and it runs
+    /// in the requested directory.
+    #[test]
+    fn child_gets_its_own_session_and_default_signals() {
+        // SAFETY: setting a disposition to SIG_IGN installs no handler code.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+        let tmp = tempfile::tempdir().unwrap();
+        let reaper = Reaper::default();
+        let sh = resolve_program("sh", None, tmp.path()).unwrap();
+        let l = launch(
+            &sh,
+            &[
+                "-c",
+                "pwd -P; readlink /proc/self/fd/0; exec cat /proc/self/status",
+            ],
+            tmp.path(),
+        );
+        let spawned = spawn(&reaper, &l).unwrap();
+        drop(spawned.stderr);
+        let out = read_all(spawned.stdout);
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).unwrap();
+        let mut lines = out.lines();
+        assert_eq!(
+            lines.next(),
+            Some(std::fs::canonicalize(tmp.path()).unwrap().to_str().unwrap())
+        );
+        assert_eq!(lines.next(), Some("/dev/null"));
+        let pid = spawned.pid.to_string();
+        assert_eq!(field(&out, "NSsid:"), pid, "own session");
+        assert_eq!(field(&out, "NSpgid:"), pid, "own process group");
+        // glibc's posix_spawn leaves only its two internal real-time signals
+        // (32, 33; any glibc program re-installs them at start) ignored.
+        let ignored = u64::from_str_radix(field(&out, "SigIgn:"), 16).unwrap();
+        let glibc_internal = (1u64 << 31) | (1u64 << 32);
+        assert_eq!(ignored & !glibc_internal, 0, "{out}");
+        assert_eq!(field(&out, "SigBlk:"), "0000000000000000", "{out}");
+    }
+
+    /// An exec failure comes back from posix_spawn as FAILED_PRECONDITION
+    /// naming the path, and leaves no child behind.
+    #[test]
+    fn exec_failure_names_the_program() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let bogus = tmp.path().join("not-a-binary");
+        std::fs::write(&bogus, b"\x00\x01\x02 not an executable format").unwrap();
+        std::fs::set_permissions(&bogus, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let reaper = Reaper::default();
+        let e = spawn(&reaper, &launch(&bogus, &[], tmp.path())).unwrap_err();
+        assert!(
+            matches!(e, RuntimeError::ProgramUnavailable(ref m) if m.contains("not-a-binary")),
+            "{e}"
+        );
+        let gone = tmp.path().join("gone");
+        let e = spawn(&reaper, &launch(&gone, &[], tmp.path())).unwrap_err();
+        assert!(
+            matches!(e, RuntimeError::ProgramUnavailable(ref m) if m.contains("gone")),
+            "{e}"
         );
     }
 
