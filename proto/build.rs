@@ -18,8 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // `bytes` fields as `Bytes`: output chunks move from the pipe to the
     // spool and to followers without copies.
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
     Ok(())
 }

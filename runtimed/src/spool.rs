@@ -339,8 +339,8 @@ impl Spool {
                 stream,
             };
             idx_file.write_all(&rec.encode(rec.stream.code()))?;
-            inner.recent = (piece.len() <= MAX_RECENT)
-                .then(|| (inner.len, new.slice(pos..pos + piece.len())));
+            inner.recent =
+                (piece.len() <= MAX_RECENT).then(|| (inner.len, new.slice(pos..pos + piece.len())));
             inner.len += piece.len() as u64;
             inner.index.push(rec);
             pos += piece.len();
@@ -563,11 +563,18 @@ mod tests {
     fn append_read_coalesce_filter_dedupe() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::create(dir.path(), "r1", 1 << 20, Default::default());
-        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"hello ")).unwrap();
-        s.append(StreamKind::Stdout, 6, Bytes::from_static(b"world\n")).unwrap();
-        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"oops\n")).unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"hello "))
+            .unwrap();
+        s.append(StreamKind::Stdout, 6, Bytes::from_static(b"world\n"))
+            .unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"oops\n"))
+            .unwrap();
         // A replay overlapping what we have stores only the new tail.
-        assert_eq!(s.append(StreamKind::Stdout, 6, Bytes::from_static(b"world\nmore")).unwrap(), 4);
+        assert_eq!(
+            s.append(StreamKind::Stdout, 6, Bytes::from_static(b"world\nmore"))
+                .unwrap(),
+            4
+        );
         assert_eq!(s.stream_lengths(), (16, 5));
 
         let (c, next) = s.read(0, 1 << 20, None).unwrap();
@@ -592,10 +599,7 @@ mod tests {
         assert_eq!(&c.unwrap().data[..], b"lo w");
         let (c, next) = s.read(0, 1 << 20, Some(StreamKind::Stderr)).unwrap();
         let c = c.unwrap();
-        assert_eq!(
-            (c.offset, &c.data[..], next),
-            (12, &b"oops\n"[..], 17)
-        );
+        assert_eq!((c.offset, &c.data[..], next), (12, &b"oops\n"[..], 17));
         let (c, next) = s.read(17, 1 << 20, Some(StreamKind::Stderr)).unwrap();
         assert!(c.is_none());
         assert_eq!(next, 21);
@@ -610,9 +614,12 @@ mod tests {
     fn cap_truncates_with_a_marker_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::create(dir.path(), "r", 10, Default::default());
-        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"0123456")).unwrap();
-        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"abcdef")).unwrap();
-        s.append(StreamKind::Stdout, 7, Bytes::from_static(b"789")).unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"0123456"))
+            .unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"abcdef"))
+            .unwrap();
+        s.append(StreamKind::Stdout, 7, Bytes::from_static(b"789"))
+            .unwrap();
         assert_eq!(s.progress().len, 10);
         assert_eq!(
             s.truncation(),
@@ -635,8 +642,10 @@ mod tests {
     fn reopen_trims_data_the_index_does_not_cover() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::create(dir.path(), "r", 1 << 20, Default::default());
-        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"hello\n")).unwrap();
-        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"err\n")).unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"hello\n"))
+            .unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"err\n"))
+            .unwrap();
         drop(s);
         // A crash between the data write and its index record, plus a torn
         // index record: both are dropped on open.
@@ -661,7 +670,8 @@ mod tests {
             std::fs::metadata(dir.path().join("r.idx")).unwrap().len(),
             64
         );
-        r.append(StreamKind::Stdout, 6, Bytes::from_static(b"more\n")).unwrap();
+        r.append(StreamKind::Stdout, 6, Bytes::from_static(b"more\n"))
+            .unwrap();
         let (c, _) = r.read(10, 100, None).unwrap();
         assert_eq!(&c.unwrap().data[..], b"more\n");
     }
@@ -682,9 +692,11 @@ mod tests {
         // A stale file of an unknown earlier Run is emptied, not appended to.
         std::fs::write(dir.path().join("r.log"), b"stale").unwrap();
         let s = Spool::create(dir.path(), "r", 100, usage.clone());
-        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"fresh")).unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"fresh"))
+            .unwrap();
         assert_eq!(std::fs::read(dir.path().join("r.log")).unwrap(), b"fresh");
-        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"err")).unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"err"))
+            .unwrap();
         assert_eq!(usage.load(Ordering::Relaxed), 8);
         let r = Spool::open(dir.path(), "r", 100, true, usage.clone()).unwrap();
         assert_eq!(usage.load(Ordering::Relaxed), 16);
@@ -699,9 +711,12 @@ mod tests {
     fn tail_and_since() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::create(dir.path(), "r", 1 << 20, Default::default());
-        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"a\nb\n")).unwrap();
-        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"E1\n")).unwrap();
-        s.append(StreamKind::Stdout, 4, Bytes::from_static(b"c\nd\n")).unwrap();
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"a\nb\n"))
+            .unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"E1\n"))
+            .unwrap();
+        s.append(StreamKind::Stdout, 4, Bytes::from_static(b"c\nd\n"))
+            .unwrap();
         // combined: "a\nb\n" (0..4) "E1\n" (4..7) "c\nd\n" (7..11)
         assert_eq!(s.tail_offset(1, None).unwrap(), 9);
         assert_eq!(s.tail_offset(2, None).unwrap(), 7);

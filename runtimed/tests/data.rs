@@ -176,7 +176,10 @@ async fn tail_since_and_forget() {
     let last3: Vec<&[u8]> = all.split_inclusive(|b| *b == b'\n').rev().take(3).collect();
     let last3: Vec<u8> = last3.into_iter().rev().flatten().copied().collect();
     assert_eq!(logs(&mut c, tail(3, 0)).await.unwrap().0, last3);
-    assert_eq!(all.len(), b"oops\n".len() + (1..=100).map(|i| format!("{i}\n").len()).sum::<usize>());
+    assert_eq!(
+        all.len(),
+        b"oops\n".len() + (1..=100).map(|i| format!("{i}\n").len()).sum::<usize>()
+    );
     assert_eq!(
         logs(&mut c, tail(2, pb::Stream::Stdout as i32))
             .await
