@@ -287,3 +287,57 @@ def test_starts_waiting_for_spares(tmp_path: Path) -> None:
             assert out == f"{i}\n".encode()
 
     run(_with(tmp_path, body))
+
+
+def test_taken_arriving_after_the_childs_exit(tmp_path: Path) -> None:
+    """The server tells the zygote "taken" after handing the spare its plan.
+    Held back until the child has exited and been reaped as an idle spare, it
+    still yields the child's real status, and the child's process group was
+    killed while the child was a zombie (as for any leader)."""
+    pidfile = tmp_path / "bg.pid"
+
+    async def body(h: Harness) -> None:
+        held: list[dict[str, Any]] = []
+        send = h.zygote._send
+
+        def holding_send(msg: dict[str, Any], fds: list[int] | None = None) -> Any:
+            if msg.get("op") == "taken":
+                held.append(msg)
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                return done
+            return send(msg, fds)
+
+        h.zygote._send = holding_send  # type: ignore[method-assign]
+        argv = ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; exit 3"]
+        spec = StartSpec("late", CommandProgram(argv), {})
+        plan = build_plan(spec, cwd=str(tmp_path), base_env=ENV, zygote_env=h.zygote.env, script_path=None)
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[dict[str, Any]] = loop.create_future()
+        pid = await h.zygote.spawn("late", plan, [os.dup(1), os.dup(2)], exited.set_result)
+        assert [m["pid"] for m in held] == [pid]
+        zygote_pid = h.zygote.pid
+        assert zygote_pid is not None
+        # Reaped by the zygote as an idle spare (a new spare replaces it).
+        await asyncio.wait_for(_until(lambda: pid not in children(zygote_pid)), 60)
+        assert not exited.done()
+        bg = int(pidfile.read_text())
+        await asyncio.wait_for(_until(lambda: not _alive(bg)), 60)
+        h.zygote._send = send  # type: ignore[method-assign]
+        send(held[0]).add_done_callback(lambda f: f.exception())
+        report = await asyncio.wait_for(exited, 60)
+        assert report.get("code") == 3 and "signal" not in report
+
+    run(_with(tmp_path, body))
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return proc_stat(pid)[0] != "Z"
+    except FileNotFoundError:
+        return False

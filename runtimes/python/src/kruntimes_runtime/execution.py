@@ -111,7 +111,10 @@ class Execution:
             timer.cancel()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
-        self._timers.append(self._loop.call_later(limits.DRAIN_TIMEOUT_S, self._drain_check))
+        if not all(r.done for r in self._readers):
+            for reader in self._readers:
+                reader.end_pause()
+            self._timers.append(self._loop.call_later(limits.DRAIN_TIMEOUT_S, self._drain_check))
         self._maybe_finish()
 
     def lose(self, reason: str) -> None:

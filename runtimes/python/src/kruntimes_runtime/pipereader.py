@@ -91,6 +91,13 @@ class PipeReader:
         self._delayed = None
         self.resume()
 
+    def end_pause(self) -> None:
+        """Read again now: once the process has exited, waiting for more
+        output to coalesce would only delay its EOF, and so its Exited."""
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._end_delay()
+
     def close(self) -> None:
         """Stop reading and close the read end (EOF, or giving up on a pipe held
         open by a process that escaped the group)."""

@@ -262,6 +262,7 @@ class Runtime:
         path = os.path.join(self.root, execution_id)
         try:
             os.mkdir(path, 0o755)
+            return path  # just created: a directory, not a symlink
         except FileExistsError:
             pass
         except OSError as e:

@@ -166,8 +166,9 @@ class Zygote:
                 pass
 
     def reap(self) -> None:
-        # A "taken" always precedes the plan that lets that child exit: read
-        # it first, so a leader's exit is never mistaken for an idle spare's.
+        # Read any "taken" first, so a leader's exit is not taken for an idle
+        # spare's. (One still unsent when its child exited arrives later and
+        # reports the status kept in idle_deaths.)
         self.read_ctrl()
         while self.running:
             try:
@@ -178,8 +179,9 @@ class Zygote:
                 return
             pid = info.si_pid
             leader = pid in self.leaders
-            if leader:
-                # The zombie leader keeps the group id reserved: kill the rest.
+            if leader or pid == self.spare_pid:
+                # The zombie keeps its group id reserved: kill the rest. (A
+                # "spare" may be a taken child whose "taken" is still unread.)
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -1,7 +1,7 @@
 """The server's handle on the zygote: starts it, keeps the hand-off sockets of
 the spare children it forks ahead of need (received with SCM_RIGHTS), starts an
-execution by handing a spare its plan and stdio pipes directly (telling the
-zygote first that the spare was taken), sends signal/ping requests, routes exit
+execution by handing a spare its plan and stdio pipes directly (then telling
+the zygote that the spare was taken), sends signal/ping requests, routes exit
 reports to their executions and notices when the zygote dies."""
 
 from __future__ import annotations
@@ -212,23 +212,29 @@ class ZygoteClient:
 
     def _hand_off(self, execution_id: str, plan: dict[str, Any], fds: list[int], on_exit: ExitHandler) -> int | None:
         """Give the plan to a ready spare; its pid, or None when none is ready.
-        The zygote is told first, so it knows the child as a leader before the
-        child can exit. A spare that died meanwhile is skipped."""
+        A spare that died meanwhile is skipped (the zygote reaps it as idle).
+
+        The zygote is told "taken" after the plan went out, so the child is
+        woken first and is not kept waiting for a CPU behind the zygote. A
+        child that exits before the zygote reads "taken" is reaped as an idle
+        spare (its process group killed all the same, while it is a zombie)
+        and its status reported when "taken" arrives."""
         while self._spares:
             pid, handoff = self._spares.popleft()
             try:
-                self._send({"op": "taken", "pid": pid, "id": execution_id}).add_done_callback(_retrieve)
-                self._exit_handlers[pid] = on_exit
-                try:
-                    handoff.settimeout(_HANDOFF_TIMEOUT_S)
-                    zygote_wire.send_blocking(handoff, {"plan": plan}, fds)
-                except OSError:
-                    # Dead spare (or one not reading): the zygote reports or
-                    # ignores it; its exit must not reach this execution.
-                    self._exit_handlers.pop(pid, None)
-                    continue
+                zygote_wire.send_handoff(handoff, {"plan": plan}, fds, _HANDOFF_TIMEOUT_S)
+            except OSError:
+                continue  # a dead spare, or one not reading
             finally:
                 handoff.close()
+            self._exit_handlers[pid] = on_exit
+            try:
+                self._send({"op": "taken", "pid": pid, "id": execution_id}).add_done_callback(_retrieve)
+            except ZygoteLost:
+                # Its report can never come: the child must not run untracked.
+                self._exit_handlers.pop(pid, None)
+                _kill_group(pid)
+                raise
             return pid  # the zygote forks the next spare on "taken"
         self._request_spare()
         return None
@@ -416,7 +422,8 @@ class ZygoteClient:
             if not self._fd_queue:
                 log.error("zygote sent a spare without its socket")
                 return
-            handoff = socket.socket(fileno=self._fd_queue.popleft())
+            # Family and type given: no getsockname/getsockopt to find them.
+            handoff = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, self._fd_queue.popleft())
             self._spares.append((int(msg["pid"]), handoff))
             while self._spare_waiters:
                 waiter = self._spare_waiters.popleft()
@@ -528,6 +535,14 @@ def _retrieve(done: asyncio.Future[Any]) -> None:
     """Mark a fire-and-forget send's outcome as seen (loss is handled elsewhere)."""
     if not done.cancelled():
         done.exception()
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a child's process group (it is its own session leader)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _close_all(fds: list[int]) -> None:

@@ -57,6 +57,26 @@ def send_blocking(sock: socket.socket, msg: dict[str, Any], fds: list[int] | Non
         sock.sendall(data[sent:])
 
 
+def send_handoff(sock: socket.socket, msg: dict[str, Any], fds: list[int], timeout: float) -> None:
+    """Send to a spare's hand-off socket: at once when the socket takes it
+    whole (the usual case: a fresh, empty socket), else with a timeout for the
+    rest (a spare that stopped reading is dead). The first attempt avoids the
+    poll() a timeout adds before every send."""
+    header, body = encode(msg)
+    data = header + body
+    try:
+        sent = sock.sendmsg([data], ancillary(fds), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return
+    sock.settimeout(timeout)
+    if sent == 0:
+        sent = sock.sendmsg([data], ancillary(fds))
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     buf = bytearray(n)
     view = memoryview(buf)
