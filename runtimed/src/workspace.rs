@@ -94,7 +94,14 @@ impl Workspace {
             self.artifacts_dir(id),
             self.scratch_dir(id),
         ] {
-            if let Err(e) = std::fs::remove_dir_all(&dir)
+            // Most are empty: one rmdir, the tree walk only when needed.
+            let r = match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                    std::fs::remove_dir_all(&dir)
+                }
+                r => r,
+            };
+            if let Err(e) = r
                 && e.kind() != std::io::ErrorKind::NotFound
             {
                 tracing::warn!(run = %id, dir = %dir.display(), error = %e, "cannot clean up the run's workspace");
