@@ -33,7 +33,7 @@ pub fn to_output(c: Chunk) -> pb::Output {
         }
         .into(),
         offset: c.offset,
-        data: c.data.into(),
+        data: c.data,
     }
 }
 
