@@ -510,7 +510,9 @@ def _fifo_dir(server: Server) -> tuple[str, Path]:
 def test_dropped_start_stream_does_not_cancel(server: Server) -> None:
     """A client that cancels its Start stream, or closes its whole connection,
     leaves the process running; a later Attach gets everything."""
-    code = "import sys\nprint('before', flush=True)\nopen('go').close()\nprint('after')\nsys.exit(7)\n"
+    # One write(2), so it arrives as one chunk even when PYTHONUNBUFFERED makes
+    # print() write the line and its newline separately.
+    code = "import os, sys\nos.write(1, b'before\\n')\nopen('go').close()\nprint('after')\nsys.exit(7)\n"
     for close_channel in (False, True):
         eid, fifo = _fifo_dir(server)
         with grpc.insecure_channel(f"unix:{server.socket}") as ch:
@@ -534,7 +536,7 @@ def test_dropped_start_stream_does_not_cancel(server: Server) -> None:
 
 def test_attach_replaces_start_stream(server: Server) -> None:
     eid, fifo = _fifo_dir(server)
-    code = "print('a', flush=True)\nopen('go').close()\nprint('b')\n"
+    code = "import os\nos.write(1, b'a\\n')\nopen('go').close()\nprint('b')\n"
     _, _, stream = server.start_stream(eid, argv=["python3", "-c", code])
     assert next(stream).output.data == b"a\n"
     attach = server.stub.Attach(pb.AttachRequest(execution_id=eid))
