@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --locked -p runtimed -p kruntimes-bash-runtime -p krt
 KRUNTIMES_PYTHON=$(bash runtimes/python/scripts/venv.sh | tail -n 1)
 export KRUNTIMES_PYTHON
-krt=target/debug/krt
+krt=${CARGO_TARGET_DIR:-target}/debug/krt
 
 echo '$ krt local -- python3 -c ...'
 "$krt" local -- python3 -c 'import sys, platform; print(f"hello from python {platform.python_version()} (warm fork of {sys.executable})")'
