@@ -2,10 +2,13 @@
 
 use crate::procfs;
 use crate::report::Machine;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The machine now; `loadavg_start` is what procfs::loadavg gave at the start.
-pub fn describe(loadavg_start: Option<[f64; 3]>) -> Machine {
+/// The machine now; `loadavg_start` is what procfs::loadavg gave at the start,
+/// `data_dir` runtimed's data directory (its filesystem matters: a Run
+/// creates and removes files and directories there).
+pub fn describe(loadavg_start: Option<[f64; 3]>, data_dir: &Path) -> Machine {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -22,6 +25,11 @@ pub fn describe(loadavg_start: Option<[f64; 3]>) -> Machine {
         memory_gib: procfs::memory_gib(),
         loadavg_start,
         loadavg_end: procfs::loadavg(),
+        data_dir: format!(
+            "{} on {}",
+            data_dir.display(),
+            procfs::filesystem(data_dir).unwrap_or_else(|| "an unknown filesystem".into())
+        ),
     }
 }
 

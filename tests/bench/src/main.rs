@@ -104,7 +104,7 @@ async fn bench(args: cli::Args) -> Result<report::Report> {
     }
     let python = ctx.python.as_ref().ok().map(|p| p.display().to_string());
     Ok(report::Report::new(
-        machine::describe(loadavg_start),
+        machine::describe(loadavg_start, ctx.daemon.scratch()),
         runtimed.display().to_string(),
         python,
         rows,

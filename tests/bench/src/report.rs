@@ -225,6 +225,8 @@ pub struct Machine {
     /// machine is shared, so read wall-clock figures in their light.
     pub loadavg_start: Option<[f64; 3]>,
     pub loadavg_end: Option<[f64; 3]>,
+    /// runtimed's data directory and its filesystem.
+    pub data_dir: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -298,14 +300,16 @@ impl Report {
         };
         let mut out = format!(
             "kruntimes bench, {} UTC, {} CPUs ({}), kernel {}, {:.0} GiB RAM\n\
-             load average at start {}, at end {}\n\n",
+             load average at start {}, at end {}\n\
+             runtimed data dir: {}\n\n",
             self.machine.date_utc,
             self.machine.cpus,
             self.machine.cpu_model,
             self.machine.kernel,
             self.machine.memory_gib,
             load(self.machine.loadavg_start),
-            load(self.machine.loadavg_end)
+            load(self.machine.loadavg_end),
+            self.machine.data_dir
         );
         for (i, row) in cells.iter().enumerate() {
             let line: Vec<String> = row
@@ -397,6 +401,7 @@ mod tests {
             memory_gib: 24.0,
             loadavg_start: None,
             loadavg_end: Some([1.0, 2.0, 3.0]),
+            data_dir: "/tmp/d on ext4 /dev/vda mounted on /, no journal".into(),
         };
         let rows = vec![
             Row::measured(
