@@ -78,9 +78,10 @@ impl Attempt {
         let result = self.follow_execution().await;
         let o = self.finalize(result).await;
         let (phase, message) = (o.phase, o.message.clone());
-        // Older finished spools make room before this Run is seen finished,
-        // so whoever waits for it also sees the budget enforced.
+        // Older finished spools make room, and the metrics count the Run,
+        // before it is seen finished: whoever waits for it sees both.
         (self.on_finish)();
+        self.count_finished(phase);
         self.run.finish(o);
         // A waiter that saw the Run finish may start the next one at once.
         drop(self.permit.take());
@@ -90,8 +91,16 @@ impl Attempt {
         self.run.save();
         self.workspace.cleanup(&id);
         tracing::info!(phase = phase.as_str(), %message, "run finished");
+        // Best effort: the server drops the execution's buffers.
+        let mut client = self.server.client();
+        let _ = client
+            .forget(rpb::ForgetRequest {
+                execution_id: id.clone(),
+            })
+            .await;
+    }
 
-        let state = self.run.state();
+    fn count_finished(&self, phase: Phase) {
         let runtime = self.server.name.clone();
         self.metrics
             .runs_finished
@@ -100,21 +109,14 @@ impl Attempt {
                 result: phase.as_str().to_string(),
             })
             .inc();
-        if let (Some(s), Some(f)) = (state.started_at, state.finished_at) {
-            let secs = f.duration_since(s).unwrap_or_default().as_secs_f64();
+        if let Some(started) = self.run.state().started_at {
+            let secs = started.elapsed().unwrap_or_default().as_secs_f64();
             self.metrics
                 .run_duration
                 .get_or_create(&RuntimeLabels { runtime })
                 .observe(secs);
         }
         self.metrics.runs_active.dec();
-        // Best effort: the server drops the execution's buffers.
-        let mut client = self.server.client();
-        let _ = client
-            .forget(rpb::ForgetRequest {
-                execution_id: id.clone(),
-            })
-            .await;
     }
 
     /// Turns the execution's end into the Run's outcome: phase and message,
