@@ -181,6 +181,50 @@ def test_leader_exit_kills_group_and_orphans_are_reaped(tmp_path: Path) -> None:
     run(_with(tmp_path, body))
 
 
+def test_python_exit_notice_kills_group_and_reports_once(tmp_path: Path) -> None:
+    """A Python leader that ends normally gives its status before exiting (the
+    exit-notice path): its group is killed all the same (here a background
+    child holding the output pipes, so the output only ends when it dies)."""
+    pidfile = tmp_path / "bg.pid"
+    code = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "print('started'); sys.exit(4)\n"
+    )
+
+    async def body(h: Harness) -> None:
+        report, out, _, _ = await asyncio.wait_for(h.run(["python3", "-c", code]), 60)
+        assert report.get("code") == 4 and "signal" not in report, report
+        assert out == b"started\n"
+        bg = int(pidfile.read_text())
+        await asyncio.wait_for(_until(lambda: not _alive(bg)), 60)
+        # The reap that follows reports nothing more: the next Run is unaffected.
+        report, out, _, _ = await asyncio.wait_for(h.run(["python3", "-c", "print(5)"]), 60)
+        assert report.get("code") == 0 and out == b"5\n"
+
+    run(_with(tmp_path, body))
+
+
+def test_exit_notice_only_from_the_leader(tmp_path: Path) -> None:
+    """A process the Run forks that returns from the user's code exits
+    without giving the notice: only the leader's own end is reported."""
+    code = (
+        "import os, sys\n"
+        "pid = os.fork()\n"
+        "if pid:\n"
+        "    os.waitpid(pid, 0); print('leader', flush=True); sys.exit(3)\n"
+        "print('forked', flush=True)\n"
+    )
+
+    async def body(h: Harness) -> None:
+        report, out, _, _ = await asyncio.wait_for(h.run(["python3", "-c", code]), 60)
+        assert report.get("code") == 3, report
+        assert out == b"forked\nleader\n"
+
+    run(_with(tmp_path, body))
+
+
 def test_signal_group_reaches_backgroundchildren(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         loop = asyncio.get_running_loop()

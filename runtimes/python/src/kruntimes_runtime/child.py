@@ -7,7 +7,12 @@ program or runs Python in-process exactly as `python3 -c/-m/FILE` would (argv,
 sys.path[0], __main__, exit codes, tracebacks, flushing, KeyboardInterrupt).
 
 Setup failures are written to the status pipe (closed on success), so the
-zygote can fail the Start. Everything used here is imported by the zygote before
+zygote can fail the Start. A Python run that ends normally closes its stdio,
+puts its exit status in its slot of the zygote's shared notice table and
+signals the zygote (SIGURG) before exiting: tearing down the address space
+the child shares with the zygote takes about a millisecond (page tables), and
+the Run need not wait for it. (Shared memory, not a pipe: the user's code must
+see no descriptor beyond 0-2, as in python3.) Everything used here is imported by the zygote before
 it forks: the fork path imports nothing.
 """
 
@@ -38,15 +43,19 @@ SETUP_FAILED = 127
 FLUSH_FAILED = 120
 _SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
 _SIGCHLD, _SIGTERM, _SIGINT = int(signal.SIGCHLD), int(signal.SIGTERM), int(signal.SIGINT)
-_SIGPIPE, _SIGXFSZ = int(signal.SIGPIPE), int(signal.SIGXFSZ)
+_SIGPIPE, _SIGXFSZ, _SIGURG = int(signal.SIGPIPE), int(signal.SIGXFSZ), int(signal.SIGURG)
+# (leader pid, zygote pid, notice slot) once this process is an execution's leader.
+_notice: tuple[int, int, Any, int] | None = None
 
 
-def spare(ctrl: socket.socket, handoff: socket.socket, stdio: PreparedStdio) -> NoReturn:
+def spare(ctrl: socket.socket, handoff: socket.socket, stdio: PreparedStdio, notices: Any, slot: int) -> NoReturn:
     """A child forked ahead of need. It does the setup that does not depend on
     the execution (session, descriptors, signal dispositions) right away, then
     waits for the zygote to hand it a plan and its stdio pipes: a Start then
     costs no fork and no setup on its path. EOF (the zygote going away, or
-    retiring it) ends it quietly."""
+    retiring it) ends it quietly. `notices[slot]` is where it leaves its
+    exit status for the zygote (no slot: -1)."""
+    global _notice
     try:
         # The zygote's socket objects must not close fd numbers the user's
         # code may reuse later: detach them, closerange closes the real fds.
@@ -69,6 +78,9 @@ def spare(ctrl: socket.socket, handoff: socket.socket, stdio: PreparedStdio) -> 
     msg, fds = received
     if len(fds) not in (2, 3):
         os._exit(SETUP_FAILED)
+    if slot >= 0:
+        # Only this process may give the notice, not one the Run forks from it.
+        _notice = (os.getpid(), os.getppid(), notices, slot)
     status_fd = fds[2] if len(fds) == 3 else -1
     if status_fd >= 0:
         # SCM_RIGHTS delivers descriptors without close-on-exec; this one must
@@ -107,7 +119,7 @@ def _fail(status_fd: int, kind: str, message: str) -> NoReturn:
 def _exec(plan: dict[str, Any], status_fd: int) -> NoReturn:
     # Undo the dispositions CPython and the zygote set (ignored signals stay
     # ignored across exec), as subprocess's restore_signals does.
-    for sig in (_SIGPIPE, _SIGXFSZ, _SIGINT, _SIGCHLD, _SIGTERM):
+    for sig in (_SIGPIPE, _SIGXFSZ, _SIGINT, _SIGCHLD, _SIGURG, _SIGTERM):
         _signal.signal(sig, _SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     path = plan["path"]
@@ -134,6 +146,7 @@ def _python_signals() -> None:
     """The dispositions a cold python3 starts with (the zygote changed some).
     _signal, not signal: the enum wrappers cost copy-on-write faults."""
     _signal.signal(_SIGCHLD, _SIG_DFL)
+    _signal.signal(_SIGURG, _SIG_DFL)
     _signal.signal(_SIGTERM, _SIG_DFL)
     _signal.signal(_SIGINT, _signal.default_int_handler)
     _signal.signal(_SIGPIPE, _SIG_IGN)
@@ -317,4 +330,28 @@ def _finish(code: int, interrupted: bool) -> NoReturn:
         # CPython re-raises an uncaught KeyboardInterrupt as death by SIGINT.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
-    os._exit(code if ok else FLUSH_FAILED)
+    status = code if ok else FLUSH_FAILED
+    _notify_exit(status)
+    # Skipping Py_FinalizeEx's teardown is safe: what python3 does observably
+    # at exit (threads joined, atexit, __main__ finalized, stdio flushed) is
+    # done above; the rest only frees memory the kernel reclaims anyway.
+    os._exit(status)
+
+
+def _notify_exit(status: int) -> None:
+    """Tell the zygote the exit status now, with stdio closed (so the server
+    sees EOF): it kills the process group and reports the exit while this
+    process is still tearing down its memory, and not again when it reaps it."""
+    if _notice is None:
+        return
+    leader, zygote, notices, slot = _notice
+    # Not from a process the Run forked, nor to whoever adopted us (SIGURG's
+    # default action is to ignore it, should the zygote die in between).
+    if os.getpid() != leader or os.getppid() != zygote:
+        return
+    try:
+        os.closerange(0, 3)
+        notices[slot] = status + 1
+        os.kill(zygote, _SIGURG)
+    except OSError:
+        pass  # the zygote reports the exit when it reaps this process

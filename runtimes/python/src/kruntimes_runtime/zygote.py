@@ -12,13 +12,18 @@ execution's process group), ping, shutdown.
 It is a child subreaper and reaps everything below it. When a leader exits, the
 rest of its process group is SIGKILLed while the leader is still an unreaped
 zombie (waitid WNOWAIT), so the group id cannot have been reused; then the exit
-status (code or signal) is reported to the server.
+status (code or signal) is reported to the server. A Python leader that ends
+normally gives its exit status earlier, just before it exits, in its slot of
+a shared notice table, and wakes the zygote with SIGURG: the group is killed
+then (the leader, still unreaped, keeps the group id reserved) and the exit
+reported at once, not again at the reap.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib
+import mmap
 import os
 import runpy  # noqa: F401 - children use it for -m: imported before any fork
 import select
@@ -33,6 +38,9 @@ from .stdio import PreparedStdio
 from .subreaper import become_subreaper
 
 SPARE_DELAY_S = 0.05
+# Exit-notice slots (4 bytes each); a child forked while all are in use is
+# reported when reaped, as without a notice.
+NOTICE_SLOTS = 4096
 
 
 class Zygote:
@@ -54,24 +62,35 @@ class Zygote:
         self.spare_due: float | None = None
         self.ctrl_poll = select.poll()
         self.ctrl_poll.register(sock.fileno(), select.POLLIN)
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLIN)
+        self.poller.register(self.wake_r, select.POLLIN)
+        # The exit-notice table shared with every child (MAP_SHARED): a slot
+        # holds 0, or its child's exit status + 1.
+        self.notice_map = mmap.mmap(-1, NOTICE_SLOTS * 4)
+        self.notices = memoryview(self.notice_map).cast("I")
+        self.free_slots = list(range(NOTICE_SLOTS - 1, -1, -1))
+        self.slot_of: dict[int, int] = {}
+        signal.signal(signal.SIGURG, lambda signum, frame: None)
+        # Leaders whose exit was reported from their notice (not yet reaped).
+        self.noticed: set[int] = set()
         self.running = True
 
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         zygote_wire.send_blocking(self.sock, msg, fds)
 
     def serve(self) -> None:
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        poller.register(self.wake_r, select.POLLIN)
+        ctrl = self.sock.fileno()
         while self.running:
             timeout = None
             if self.spare_due is not None:
                 timeout = max(0.0, (self.spare_due - time.monotonic()) * 1000)
-            for fd, _ in poller.poll(timeout):
+            for fd, _ in self.poller.poll(timeout):
                 if fd == self.wake_r:
                     self._drain_wakeups()
+                    self.read_notices()
                     self.reap()
-                else:
+                elif fd == ctrl:
                     self.read_ctrl()
                 if not self.running:
                     return
@@ -136,21 +155,29 @@ class Zygote:
         self.spare_due = None
         if self.spare_pid is not None:
             return
+        # No free slot (that many executions running): reaped as usual.
+        slot = self.free_slots.pop() if self.free_slots else -1
+        if slot >= 0:
+            self.notices[slot] = 0
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
         except OSError as e:
             ours.close()
             theirs.close()
+            if slot >= 0:
+                self.free_slots.append(slot)
             self.send({"op": "spare_failed", "message": f"fork failed: {e}"})
             return
         if pid == 0:
             try:
                 ours.detach()
-                child.spare(self.sock, theirs, self.stdio)
+                child.spare(self.sock, theirs, self.stdio, self.notices, slot)
             finally:
                 os._exit(child.SETUP_FAILED)
         theirs.close()
+        if slot >= 0:
+            self.slot_of[pid] = slot
         self.spare_pid = pid
         try:
             self.send({"op": "spare", "pid": pid}, [ours.fileno()])
@@ -164,6 +191,25 @@ class Zygote:
                 os.killpg(pid, sig)
             except ProcessLookupError:
                 pass
+
+    def read_notices(self) -> None:
+        """Report the leaders that gave their exit status before exiting."""
+        spare = self.spare_pid
+        if spare is not None and spare in self.slot_of and self.notices[self.slot_of[spare]]:
+            # Its "taken" may still be queued.
+            self.read_ctrl()
+        for pid in [p for p in self.leaders if p not in self.noticed and p in self.slot_of]:
+            value = self.notices[self.slot_of[pid]]
+            if not value:
+                continue
+            # Unreaped, the leader keeps its group id: kill the rest of the
+            # group before the exit is reported, as when it is reaped.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.noticed.add(pid)
+            self.send({"op": "exit", "pid": pid, "time_ns": time.time_ns(), "code": (value - 1) & 0xFF})
 
     def reap(self) -> None:
         # Read any "taken" first, so a leader's exit is not taken for an idle
@@ -187,9 +233,15 @@ class Zygote:
                 except ProcessLookupError:
                     pass
             _, status = os.waitpid(pid, 0)
+            slot = self.slot_of.pop(pid, -1)
+            if slot >= 0:
+                self.free_slots.append(slot)
             if leader:
                 del self.leaders[pid]
-                self.report(pid, status)
+                if pid in self.noticed:
+                    self.noticed.discard(pid)
+                else:
+                    self.report(pid, status)
                 if self.spare_due is not None:
                     self.fork_spare()
             elif pid == self.spare_pid:
