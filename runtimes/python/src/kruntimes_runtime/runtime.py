@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, limits
+from .dirpool import DirPool
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -61,6 +62,7 @@ class Runtime:
         self._restart_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.zygote_restarts = 0
+        self.dirs = DirPool(self.root)
         # Told False when the zygote is lost and True once it is back (health).
         self.on_ready_change: Callable[[bool], None] | None = None
 
@@ -69,6 +71,8 @@ class Runtime:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         os.makedirs(self.root, exist_ok=True)
+        self.dirs.reset()
+        self.dirs.refill()
         self.reaper = ChildReaper(self._loop)
         self.reaper.install()
         self.zygote = self._new_zygote()
@@ -132,6 +136,7 @@ class Runtime:
         if self.reaper is not None:
             self.reaper.reap()
             self.reaper.uninstall()
+        self.dirs.clear()
 
     # -- requests ----------------------------------------------------------
 
@@ -198,6 +203,10 @@ class Runtime:
             events = prepared.attach(0, 0)
 
         future.add_done_callback(settle)
+        # Off the execution's path: once this task waits for the child.
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon(self.dirs.refill)
         try:
             await asyncio.shield(future)
             settle(future)
@@ -260,6 +269,8 @@ class Runtime:
 
     def _execution_dir(self, execution_id: str) -> str:
         path = os.path.join(self.root, execution_id)
+        if self.dirs.take(path):
+            return path  # renamed into place: a directory, not a symlink
         try:
             os.mkdir(path, 0o755)
             return path  # just created: a directory, not a symlink
