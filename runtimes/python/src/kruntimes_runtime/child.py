@@ -139,7 +139,38 @@ def _prefault(stdio: PreparedStdio) -> None:
     code = compile("x = [str(i) for i in range(64)]\nprint(len(x), x[-1], {'a': 1}, file=sink)\n", "<prefault>", "exec")
     exec(code, {"__builtins__": builtins, "sink": sink})
     stdio.touch()
+    _rehearse_handoff()
     gc.collect()
+
+
+def _rehearse_handoff() -> None:
+    """Receive a plan-shaped message with two descriptors over a socket pair,
+    as the hand-off will. Its copy-on-write faults (the zygote keeps writing
+    to pages shared with its spare) are taken now: measured, the hand-off's
+    ~46 faults and ~0.2 ms CPU on the execution's path go to 0 faults."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        plan = {
+            "kind": "python",
+            "cwd": "/" + "x" * 64,
+            "env": {"KEY": "value"},
+            "mode": "c",
+            "target": "print(1)",
+            "argv": ["-c"],
+            "orig_argv": ["python3", "-c", "print(1)"],
+            "unbuffered": False,
+            "dont_write_bytecode": False,
+            "safe_path": False,
+            "pythonpath": None,
+            "exec_path": "/" + "x" * 64,
+        }
+        zygote_wire.send_blocking(ours, {"plan": plan}, [ours.fileno(), ours.fileno()])
+        received = zygote_wire.recv_blocking(theirs)
+        for fd in received[1] if received is not None else []:
+            os.close(fd)
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def _python_signals() -> None:
