@@ -89,7 +89,18 @@ impl Runtimed {
 }
 
 impl Drop for Runtimed {
+    /// SIGTERM, so runtimed stops the Runtime Servers it started (a SIGKILL
+    /// would leave them running); SIGKILL only if it does not exit in time.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
