@@ -179,6 +179,11 @@ impl Executions {
         };
 
         let spawned = spawn(&self.reaper, &launch)?;
+        if self.workspace.spares_low() {
+            // Off the Start path, beside the process starting up.
+            let ws = Arc::clone(&self.workspace);
+            tokio::task::spawn_blocking(move || ws.refill_spares());
+        }
         let started_at = SystemTime::now();
         let exec = Arc::new(Execution::new(
             id.clone(),
