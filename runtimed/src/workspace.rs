@@ -2,11 +2,14 @@
 //! `<root>/<run-id>/` is its working directory (created by the server),
 //! `<root>/.kruntimes/artifacts/<run-id>/` the artifacts directory and
 //! `<root>/.kruntimes/outputs/<run-id>.env` the outputs file runtimed hands the
-//! Run through env vars. Starting a Run is a hot path: artifacts directories
-//! left empty are kept in `<root>/.kruntimes/spare/` and renamed into place
-//! for the next Runs, instead of one mkdir and one rmdir per Run (an inode
-//! allocated and freed each time, which some filesystems make slow under
-//! churn: ext4 without a journal skips every inode freed in the last minute).
+//! Run through env vars. Starting a Run is a hot path: artifacts and working
+//! directories left empty are kept in `<root>/.kruntimes/spare/` and renamed
+//! into place for the next Runs, instead of a mkdir and an rmdir each per Run
+//! (an inode allocated and freed each time, which some filesystems make slow
+//! under churn: ext4 without a journal skips every inode freed in the last
+//! minute). A working directory is only ever handed back to the server as a
+//! working directory, and only if it has runtimed's owner: a server running
+//! as another user keeps making its own.
 //! Run ids never start with '.', so they cannot collide.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -20,8 +23,15 @@ pub const ARTIFACTS_ENV: &str = "KRUNTIMES_ARTIFACTS";
 /// Env var with the Run's id.
 pub const RUN_ID_ENV: &str = "KRUNTIMES_RUN_ID";
 
-/// Most empty artifacts directories kept for reuse.
+/// Most empty directories kept for reuse, of each kind.
 const MAX_SPARES: usize = 32;
+
+/// What a spare directory was, and may only be again.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Artifacts = 0,
+    WorkingDir = 1,
+}
 
 #[derive(Debug, Clone)]
 pub struct Workspace {
@@ -32,8 +42,8 @@ pub struct Workspace {
 /// Empty directories ready to become a Run's artifacts directory.
 #[derive(Debug, Default)]
 struct Spares {
-    /// Names (numbers) of the directories in the spare directory.
-    ready: Vec<u64>,
+    /// Names (numbers) of the directories in the spare directory, by kind.
+    ready: [Vec<u64>; 2],
     next: u64,
     /// Mode and owner a reusable directory must have: those of a fresh one.
     fresh: Option<(u32, u32)>,
@@ -94,7 +104,7 @@ impl Workspace {
     /// mounted elsewhere) sees them.
     pub fn prepare(&self, id: &str, server_root: &str) -> std::io::Result<Vec<(String, String)>> {
         let dir = self.artifacts_dir(id);
-        if !self.take_spare(&dir) {
+        if !self.take_spare(Kind::Artifacts, &dir) {
             match std::fs::create_dir(&dir) {
                 // First Run, or someone removed the parents: create them once.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -106,6 +116,9 @@ impl Workspace {
                 r => r?,
             }
         }
+        // Last, once nothing above can fail (a failed prepare cleans nothing
+        // up). The server makes the directory when there is no spare.
+        self.take_spare(Kind::WorkingDir, &self.root.join(id));
         let theirs = if server_root.is_empty() {
             self.root.clone()
         } else {
@@ -133,10 +146,13 @@ impl Workspace {
         {
             tracing::warn!(run = %id, error = %e, "cannot remove the run's outputs file");
         }
-        let artifacts = self.artifacts_dir(id);
-        let kept = self.keep_spare(&artifacts);
-        for dir in [self.root.join(id), artifacts, self.scratch_dir(id)] {
-            if kept.as_deref() == Some(dir.as_path()) {
+        let (working, artifacts) = (self.root.join(id), self.artifacts_dir(id));
+        let kept = [
+            self.keep_spare(Kind::WorkingDir, &working),
+            self.keep_spare(Kind::Artifacts, &artifacts),
+        ];
+        for dir in [working, artifacts, self.scratch_dir(id)] {
+            if kept.iter().flatten().any(|k| *k == dir) {
                 continue;
             }
             // Most are empty: one rmdir, the tree walk only when needed.
@@ -156,25 +172,40 @@ impl Workspace {
 }
 
 impl Workspace {
-    /// Renames a spare directory to `dir`; false when there is none (or it
-    /// has gone), and the caller creates `dir`.
-    fn take_spare(&self, dir: &Path) -> bool {
-        let Some(n) = self.lock().ready.pop() else {
+    /// Renames a spare directory of `kind` to `dir`, never replacing what is
+    /// there (`RENAME_NOREPLACE`); false when none was used.
+    fn take_spare(&self, kind: Kind, dir: &Path) -> bool {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        let Some(n) = self.lock().ready[kind as usize].pop() else {
             return false;
         };
-        std::fs::rename(self.spare_dir().join(n.to_string()), dir).is_ok()
+        let spare = self.spare_dir().join(n.to_string());
+        match renameat2(
+            AT_FDCWD,
+            &spare,
+            AT_FDCWD,
+            dir,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => true,
+            Err(nix::errno::Errno::EEXIST) => {
+                self.lock().ready[kind as usize].push(n);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
-    /// Keeps the finished Run's artifacts directory for reuse when it is a
-    /// plain, empty directory with the mode and owner of a fresh one (a Run
-    /// may have changed it). Checked after the rename into the spare
-    /// directory, where the Run's path no longer leads. Returns `dir` when it
-    /// was moved away (kept, or removed as unfit).
-    fn keep_spare(&self, dir: &Path) -> Option<PathBuf> {
+    /// Keeps a finished Run's directory for reuse as the same `kind` when it
+    /// is a plain, empty directory with the mode and owner of one runtimed
+    /// makes (a Run may have changed it). Checked after the rename into the
+    /// spare directory, where the Run's path no longer leads. Returns `dir`
+    /// when it was moved away (kept, or removed as unfit).
+    fn keep_spare(&self, kind: Kind, dir: &Path) -> Option<PathBuf> {
         let (n, fresh) = {
             let mut s = self.lock();
             let fresh = s.fresh?;
-            if s.ready.len() >= MAX_SPARES {
+            if s.ready[kind as usize].len() >= MAX_SPARES {
                 return None;
             }
             s.next += 1;
@@ -186,9 +217,9 @@ impl Workspace {
             .is_ok_and(|m| m.is_dir() && (m.permissions().mode() & 0o7777, m.uid()) == fresh)
             && std::fs::read_dir(&spare).is_ok_and(|mut d| d.next().is_none());
         if fit {
-            self.lock().ready.push(n);
+            self.lock().ready[kind as usize].push(n);
         } else if let Err(e) = std::fs::remove_dir_all(&spare) {
-            tracing::warn!(dir = %spare.display(), error = %e, "cannot remove a run's artifacts directory");
+            tracing::warn!(dir = %spare.display(), error = %e, "cannot remove a run's directory");
         }
         Some(dir.to_path_buf())
     }
@@ -259,6 +290,42 @@ mod tests {
         let e = std::fs::symlink_metadata(ws.artifacts_dir("e")).unwrap();
         assert!(e.is_dir() && !e.file_type().is_symlink());
         assert!(outside.is_dir());
+    }
+
+    #[test]
+    fn an_empty_working_directory_is_reused_as_one_and_never_replaces_anything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(tmp.path().join("ws"));
+        let spares = || std::fs::read_dir(ws.spare_dir()).unwrap().count();
+        let working = |id: &str| ws.root.join(id);
+        ws.prepare("a", "").unwrap();
+        assert!(!working("a").exists(), "no spare yet: the server makes it");
+        std::fs::create_dir(working("a")).unwrap(); // as the server does
+        let first = ino(&working("a"));
+        std::fs::remove_dir(ws.artifacts_dir("a")).unwrap();
+        ws.cleanup("a");
+        assert_eq!(spares(), 1, "the working directory was kept");
+        ws.prepare("b", "").unwrap();
+        assert_eq!(spares(), 0);
+        assert_eq!(ino(&working("b")), first, "reused as a working directory");
+        assert_ne!(ino(&ws.artifacts_dir("b")), first);
+
+        // Something already at the Run's path is left alone.
+        ws.cleanup("b");
+        assert_eq!(spares(), 2);
+        std::os::unix::fs::symlink(tmp.path(), working("c")).unwrap();
+        ws.prepare("c", "").unwrap();
+        assert!(
+            std::fs::symlink_metadata(working("c"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(spares(), 1, "only the artifacts spare was used");
+        std::fs::remove_file(working("c")).unwrap();
+        ws.prepare("d", "").unwrap();
+        assert!(std::fs::symlink_metadata(working("d")).unwrap().is_dir());
+        assert_eq!(spares(), 0);
     }
 
     #[test]
