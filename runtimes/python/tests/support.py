@@ -172,8 +172,12 @@ def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Se
 
 
 def proc_stat(pid: int) -> tuple[str, int, int]:
-    """(state, ppid, pgid) of a process."""
-    text = Path(f"/proc/{pid}/stat").read_text()
+    """(state, ppid, pgid) of a process; FileNotFoundError once it is gone
+    (also when it is reaped between the open and the read, which gives ESRCH)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except ProcessLookupError as e:
+        raise FileNotFoundError(f"process {pid} is gone") from e
     fields = text.rsplit(")", 1)[1].split()
     return fields[0], int(fields[1]), int(fields[2])
 
