@@ -207,7 +207,17 @@ async fn adopt(server: &RuntimeServer, socket: &std::path::Path) -> Option<i32> 
             server.record_handshake(Ok(h), true);
             Some(pid)
         }
-        _ => None,
+        other => {
+            // Not adoptable, but alive: stop it, or it would run on with
+            // its processes and no runtimed to answer to.
+            let why = match other {
+                Ok(h) => format!("not ready: {}", h.message),
+                Err(e) => e,
+            };
+            tracing::warn!(runtime = %server.name, pid, reason = %why, "the runtime server left running cannot be adopted; stopping it");
+            stop_pid(pid).await;
+            None
+        }
     }
 }
 

@@ -449,3 +449,55 @@ async fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut buf).await.unwrap();
     buf
 }
+
+/// A process holding the Runtime Server's socket that does not pass the
+/// handshake (here: it accepts nothing) is not adopted and not left running:
+/// runtimed stops it and starts a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_left_running_that_cannot_be_adopted_is_stopped() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir_all(&sockets).unwrap();
+    // Its own process binds and listens, so SO_PEERCRED names it.
+    let mut squatter = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.bind(sys.argv[1]); s.listen(8)\n\
+             print('listening', flush=True)\n\
+             time.sleep(600)\n",
+        ])
+        .arg(sockets.join("bash.sock"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(squatter.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "listening\n");
+    let d = Daemon::start_in(dir, &[]).await;
+    d.wait_ready("bash").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = squatter.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = squatter.kill();
+            panic!("the squatter was left running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.signal(),
+        Some(15),
+        "stopped with SIGTERM: {status:?}"
+    );
+    let mut c = d.client();
+    let ok = execute(&mut c, sh("echo served")).await;
+    assert_eq!(ok.stdout, b"served\n");
+}
