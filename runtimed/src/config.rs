@@ -129,8 +129,8 @@ impl Config {
             .unwrap_or_else(|| format!("fs:{}", self.data_dir.join("artifacts").display()))
     }
 
-    pub fn records_dir(&self) -> PathBuf {
-        self.data_dir.join("runs")
+    pub fn records_journal(&self) -> PathBuf {
+        self.data_dir.join("runs.journal")
     }
 
     pub fn socket_dir(&self) -> PathBuf {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod follow;
 pub mod metrics;
 pub mod outputs;
+pub mod records;
 pub mod recovery;
 pub mod run;
 pub mod runtime_server;

@@ -1,8 +1,9 @@
-//! After a restart (including SIGKILL), runtimed reloads its Runs from their
-//! saved records and spools and re-attaches to the ones still running: the
+//! After a restart (including SIGKILL), runtimed reloads its Runs from the
+//! records journal and their spools and re-attaches to the ones still running: the
 //! Runtime Server kept them running (back-pressured while nobody read) and
 //! replays what it still buffers from the per-stream offsets in the spool.
 
+use crate::records::RunRecord;
 use crate::run::{Outcome, Run};
 use crate::service::State;
 use std::sync::Arc;
@@ -12,24 +13,20 @@ use tracing::Instrument;
 /// How long a recovered Run waits for its Runtime Server to be ready.
 const SERVER_PATIENCE: Duration = Duration::from_secs(60);
 
-pub fn recover(state: &Arc<State>, cfg: &crate::Config) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(cfg.records_dir())?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    entries.sort();
+pub fn recover(state: &Arc<State>, cfg: &crate::Config, saved: Vec<RunRecord>) {
     let (mut finished, mut resumed) = (0, 0);
-    for path in entries {
+    for record in saved {
+        let id = record.id.clone();
         let run = match Run::load(
-            &path,
+            record,
+            state.records.clone(),
             &cfg.spool_dir(),
             cfg.log_cap_bytes,
             state.runs.spool_usage(),
         ) {
             Ok(r) => Arc::new(r),
             Err(e) => {
-                tracing::error!(record = %path.display(), error = %e, "cannot load a saved run; skipping it");
+                tracing::error!(run = %id, error = %e, "cannot re-open the spool of a saved run; skipping it");
                 continue;
             }
         };
@@ -94,5 +91,4 @@ pub fn recover(state: &Arc<State>, cfg: &crate::Config) -> std::io::Result<()> {
     if finished + resumed > 0 {
         tracing::info!(finished, resumed, "recovered runs from a previous runtimed");
     }
-    Ok(())
 }

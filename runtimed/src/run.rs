@@ -1,18 +1,19 @@
 //! A Run as runtimed tracks it: identity, what was asked, its spool, and its
 //! state — published on a watch channel so Get, Wait and followers see every
-//! transition, and saved to `DATA_DIR/runs/<id>.json` once it runs and once it
-//! ends, so a restarted runtimed knows its Runs and can re-attach to running
+//! transition, and saved to the records journal ([`crate::records`]) once it
+//! runs and once it ends, so a restarted runtimed knows its Runs and can re-attach to running
 //! ones. Saves happen off the Run's critical path (after the transition is
 //! published); a crash in between is covered by re-attaching, since the
 //! Runtime Server keeps the execution until runtimed Forgets it.
 
 use crate::error::{Error, Result};
+use crate::records::{Records, RunRecord};
 use crate::spool::Spool;
 use kruntimes_proto::runtimed::v1 as pb;
 use kruntimes_proto::time::to_timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -110,17 +111,6 @@ pub struct RunState {
     pub log_dropped_bytes: u64,
 }
 
-/// The saved form of a Run.
-#[derive(Debug, Serialize, Deserialize)]
-struct RunFile {
-    id: String,
-    uid: String,
-    runtime: String,
-    created_at: SystemTime,
-    spec: RunSpec,
-    state: RunState,
-}
-
 /// The final state of a Run, as decided by whoever ends it.
 pub struct Outcome {
     pub phase: Phase,
@@ -152,7 +142,7 @@ pub struct Run {
     pub spec: RunSpec,
     pub spool: Spool,
     state: watch::Sender<RunState>,
-    record: PathBuf,
+    records: Arc<Records>,
 }
 
 /// Truncates a message to [`MAX_MESSAGE_BYTES`] on a character boundary.
@@ -175,9 +165,15 @@ pub fn unix_us(t: SystemTime) -> u64 {
 }
 
 impl Run {
-    pub fn new(id: String, runtime: String, spec: RunSpec, spool: Spool, records: &Path) -> Run {
+    pub fn new(
+        id: String,
+        runtime: String,
+        spec: RunSpec,
+        spool: Spool,
+        records: Arc<Records>,
+    ) -> Run {
         Run {
-            record: records.join(format!("{id}.json")),
+            records,
             id,
             uid: uuid::Uuid::new_v4().to_string(),
             runtime,
@@ -200,15 +196,14 @@ impl Run {
         }
     }
 
-    /// Loads a saved Run and re-opens its spool.
+    /// A saved Run with its spool re-opened.
     pub fn load(
-        record: &Path,
+        f: RunRecord,
+        records: Arc<Records>,
         spool_dir: &Path,
         log_cap: u64,
         usage: Arc<AtomicU64>,
     ) -> std::io::Result<Run> {
-        let f: RunFile = serde_json::from_slice(&std::fs::read(record)?)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let spool = Spool::open(
             spool_dir,
             &f.id,
@@ -225,46 +220,30 @@ impl Run {
             spec: f.spec,
             spool,
             state: watch::channel(f.state).0,
-            record: record.to_path_buf(),
+            records,
         })
     }
 
-    /// Saves the Run in place: one `pwrite` at offset 0 of the whole record,
-    /// padded with spaces (valid JSON) to at least what was there, so a
-    /// record is replaced in one syscall and never shrinks into garbage. No
-    /// temporary file and rename: that cost an inode per save on the Run's
-    /// path. A failure is logged, not fatal: the Run itself goes on.
+    /// Appends the Run's current state to the records journal. A failure is
+    /// logged, not fatal: the Run itself goes on.
     pub fn save(&self) {
-        let f = RunFile {
+        let r = self.records.save(&RunRecord {
             id: self.id.clone(),
             uid: self.uid.clone(),
             runtime: self.runtime.clone(),
             created_at: self.created_at,
             spec: self.spec.clone(),
             state: self.state(),
-        };
-        let r = serde_json::to_vec(&f)
-            .map_err(std::io::Error::other)
-            .and_then(|mut b| {
-                use std::os::unix::fs::FileExt;
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&self.record)?;
-                let old = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-                if b.len() < old {
-                    b.resize(old, b' ');
-                }
-                file.write_all_at(&b, 0)
-            });
+        });
         if let Err(e) = r {
             tracing::error!(run = %self.id, error = %e, "cannot save the run record");
         }
     }
 
     pub fn forget(&self) {
-        let _ = std::fs::remove_file(&self.record);
+        if let Err(e) = self.records.forget(&self.id) {
+            tracing::error!(run = %self.id, error = %e, "cannot remove the run record");
+        }
         self.spool.remove();
     }
 
@@ -438,29 +417,29 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn run(dir: &Path) -> Run {
-        let spool = Spool::create(dir, "r", 1 << 20, Default::default());
-        Run::new("r".into(), "bash".into(), RunSpec::default(), spool, dir)
-    }
-
     #[test]
-    fn a_shorter_record_replaces_a_longer_one_in_place() {
+    fn a_saved_run_loads_with_its_state() {
         let dir = tempfile::tempdir().unwrap();
-        let long = run(dir.path());
-        long.finish(Outcome::failed("x".repeat(2000)));
-        long.save();
-        let len = std::fs::metadata(dir.path().join("r.json")).unwrap().len();
-
-        let short = run(dir.path());
-        short.mark_running(42, SystemTime::now());
-        short.save();
-        assert_eq!(
-            std::fs::metadata(dir.path().join("r.json")).unwrap().len(),
-            len,
-            "padded, not truncated"
+        let path = dir.path().join("runs.journal");
+        let (records, _) = Records::open(&path).unwrap();
+        let records = Arc::new(records);
+        let spool = Spool::create(dir.path(), "r", 1 << 20, Default::default());
+        let run = Run::new(
+            "r".into(),
+            "bash".into(),
+            RunSpec::default(),
+            spool,
+            records,
         );
+        run.save();
+        run.mark_running(42, SystemTime::now());
+        run.save();
+        drop(run);
+        let (records, mut saved) = Records::open(&path).unwrap();
+        assert_eq!(saved.len(), 1);
         let loaded = Run::load(
-            &dir.path().join("r.json"),
+            saved.remove(0),
+            Arc::new(records),
             dir.path(),
             1 << 20,
             Default::default(),
@@ -468,8 +447,10 @@ mod tests {
         .unwrap();
         let s = loaded.state();
         assert_eq!(
-            (s.phase, s.pid, s.message.as_str()),
-            (Phase::Running, 42, "")
+            (loaded.id.as_str(), s.phase, s.pid),
+            ("r", Phase::Running, 42)
         );
+        loaded.forget();
+        assert!(Records::open(&path).unwrap().1.is_empty());
     }
 }

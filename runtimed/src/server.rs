@@ -71,12 +71,7 @@ fn local_command(cfg: &Config, runtime: &str, socket: &Path) -> Result<ServerCom
 /// Runs runtimed until SIGTERM or SIGINT.
 pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     let workspace = cfg.workspace();
-    let mut dirs = vec![
-        cfg.data_dir.clone(),
-        cfg.spool_dir(),
-        cfg.records_dir(),
-        workspace.clone(),
-    ];
+    let mut dirs = vec![cfg.data_dir.clone(), cfg.spool_dir(), workspace.clone()];
     // The default store lives in the data directory; a configured one (a PVC
     // mount, a bucket) must exist already.
     if cfg.artifact_store.is_none() {
@@ -129,6 +124,12 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         });
     }
 
+    let (records, saved) = crate::records::Records::open(&cfg.records_journal()).map_err(|e| {
+        format!(
+            "cannot open the run records journal {}: {e}",
+            cfg.records_journal().display()
+        )
+    })?;
     let state = Arc::new(State {
         runs: Default::default(),
         runtimes,
@@ -137,14 +138,14 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         max_runs: cfg.max_runs,
         metrics,
         spool_dir: cfg.spool_dir(),
-        records_dir: cfg.records_dir(),
+        records: Arc::new(records),
         workspace: crate::workspace::Workspace::new(workspace.clone()),
         log_cap: cfg.log_cap_bytes,
         artifacts: Arc::new(crate::collect::Artifacts::from_config(&cfg)?),
         spool_budget: cfg.spool_budget_bytes,
         grace_period_ms: cfg.grace_period_ms,
     });
-    crate::recovery::recover(&state, &cfg)?;
+    crate::recovery::recover(&state, &cfg, saved);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

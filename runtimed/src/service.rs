@@ -31,7 +31,7 @@ pub struct State {
     pub max_runs: u32,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub spool_dir: PathBuf,
-    pub records_dir: PathBuf,
+    pub records: Arc<crate::records::Records>,
     pub workspace: crate::workspace::Workspace,
     pub log_cap: u64,
     pub spool_budget: u64,
@@ -144,7 +144,7 @@ impl State {
             server.name.clone(),
             spec,
             spool,
-            &self.records_dir,
+            self.records.clone(),
         ));
         self.runs.insert(run.clone())?;
         let mut env = req.env.clone();

@@ -225,5 +225,8 @@ async fn tail_since_and_forget() {
         Code::NotFound
     );
     assert!(!d.dir.path().join("spool/t.log").exists());
-    assert!(!d.dir.path().join("runs/t.json").exists());
+    // Its record is gone too: the journal's last word on it is a tombstone.
+    let journal = std::fs::read_to_string(d.dir.path().join("runs.journal")).unwrap();
+    let last = journal.lines().rfind(|l| l.contains("\"t\""));
+    assert_eq!(last, Some(r#"{"forget":"t"}"#), "{journal}");
 }
