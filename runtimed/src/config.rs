@@ -108,6 +108,13 @@ pub struct Config {
     #[arg(long, env = "RUNTIMED_GRACE_PERIOD_MS", default_value_t = 10_000)]
     pub grace_period_ms: u64,
 
+    /// Threads serving the API, the Runs and their output: 1 (the default)
+    /// runs everything on one thread, as a sidecar should (no wake-ups
+    /// between threads on every Run); more give a multi-threaded scheduler.
+    #[arg(long, env = "RUNTIMED_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub worker_threads: u32,
+
     #[arg(long, env = "RUNTIMED_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
