@@ -27,6 +27,7 @@ from support import (
 )
 
 from kruntimes_runtime.proto import pb
+from kruntimes_runtime.zygote import SPARES
 
 
 def rpc_error(call: object, *args: object, **kw: object) -> grpc.RpcError:
@@ -260,8 +261,8 @@ def test_concurrent_executions_and_no_zombies(server: Server) -> None:
     for eid in ids:
         server.stub.Forget(pb.ForgetRequest(execution_id=eid))
     eventually(lambda: zombies_under(server.pid) == [], "no zombies")
-    # Only the zygote and its one idle spare child remain.
-    eventually(lambda: len(descendants(server.pid)) == 2, "only the zygote and its spare remain")
+    # Only the zygote and its idle spare children remain.
+    eventually(lambda: len(descendants(server.pid)) == 1 + SPARES, "only the zygote and its spares remain")
 
 
 def test_errors(server: Server) -> None:
@@ -399,8 +400,8 @@ def test_zygote_death_fails_inflight_and_recovers(fresh_server: Server) -> None:
     assert srv.zygote_pid() != zygote
     assert srv.run(argv=["python3", "-c", "print(2)"]).stdout == b"2\n"
     eventually(lambda: zombies_under(srv.pid) == [], "no zombies after the zygote died")
-    # Nothing the dead zygote left runs on: only the new zygote and its spare.
-    eventually(lambda: len(descendants(srv.pid)) == 2, "strays killed")
+    # Nothing the dead zygote left runs on: only the new zygote and its spares.
+    eventually(lambda: len(descendants(srv.pid)) == 1 + SPARES, "strays killed")
 
 
 def test_handshake_not_ready_on_bad_preload(tmp_path: Path) -> None:

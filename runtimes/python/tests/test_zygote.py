@@ -17,6 +17,7 @@ from support import children, proc_stat, zombies_under
 from kruntimes_runtime.plan import build_plan
 from kruntimes_runtime.reaper import ChildReaper
 from kruntimes_runtime.validation import CommandProgram, StartSpec
+from kruntimes_runtime.zygote import SPARES
 from kruntimes_runtime.zygote_client import SpawnFailed, ZygoteClient
 
 ENV = dict(os.environ)
@@ -173,10 +174,10 @@ def test_leader_exit_kills_group_and_orphans_are_reaped(tmp_path: Path) -> None:
         zygote_pid = h.zygote.pid
         assert zygote_pid is not None
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (zombies_under(zygote_pid) or len(children(zygote_pid)) > 1):
+        while time.monotonic() < deadline and (zombies_under(zygote_pid) or len(children(zygote_pid)) > SPARES):
             await asyncio.sleep(0.05)
         assert zombies_under(zygote_pid) == []
-        assert len(children(zygote_pid)) == 1  # its idle spare
+        assert len(children(zygote_pid)) == SPARES  # its idle spares
 
     run(_with(tmp_path, body))
 
@@ -385,3 +386,35 @@ def _alive(pid: int) -> bool:
         return proc_stat(pid)[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_spare_pool_refilled_after_exit(tmp_path: Path) -> None:
+    """SPARES spares are kept: a Run takes one, the next Run (right after)
+    takes another without asking the zygote for one, and the pool is refilled
+    once the exits are reported."""
+
+    async def body(h: Harness) -> None:
+        await asyncio.wait_for(_until(lambda: len(h.zygote._spares) == SPARES), 60)
+        ops: list[str] = []
+        send = h.zygote._send
+
+        def recording_send(msg: dict[str, Any], fds: list[int] | None = None) -> Any:
+            ops.append(str(msg.get("op")))
+            return send(msg, fds)
+
+        h.zygote._send = recording_send  # type: ignore[method-assign]
+        ready = [pid for pid, _ in h.zygote._spares]
+        used = []
+        for i in range(SPARES):
+            report, out, _, pid = await h.run(["python3", "-c", f"print({i})"])
+            assert out == f"{i}\n".encode() and report.get("code") == 0
+            used.append(pid)
+        # Handed to spares forked before the first Run, oldest first.
+        assert used == ready
+        assert "fork_spare" not in ops
+        await asyncio.wait_for(_until(lambda: len(h.zygote._spares) == SPARES), 60)
+        zygote_pid = h.zygote.pid
+        assert zygote_pid is not None
+        await asyncio.wait_for(_until(lambda: len(children(zygote_pid)) == SPARES), 60)
+
+    run(_with(tmp_path, body))

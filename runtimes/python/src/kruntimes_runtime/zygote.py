@@ -3,11 +3,13 @@
 The server starts it (exec of the resolved interpreter, `-c` importing this
 module) with one end of a Unix socket pair. It imports the preloaded modules,
 freezes the GC (children then neither copy nor rescan the zygote's heap) and
-keeps one spare child forked ahead of need, whose hand-off socket it passes to
-the server (SCM_RIGHTS): the server gives a plan and the stdio pipes to the
+keeps SPARES children forked ahead of need, whose hand-off sockets it passes
+to the server (SCM_RIGHTS): the server gives a plan and the stdio pipes to a
 spare directly, tells the zygote it was "taken" (now an execution's leader),
-and the zygote forks the next spare. Other requests: signal (a live
-execution's process group), ping, shutdown.
+and the zygote forks a replacement once that execution's exit is on its way
+(so the fork does not compete with it for the CPUs). Other requests: signal (a
+live execution's process group), fork_spare (the server has none), ping,
+shutdown.
 
 It is a child subreaper and reaps everything below it. When a leader exits, the
 rest of its process group is SIGKILLed while the leader is still an unreaped
@@ -37,6 +39,16 @@ from . import child, zygote_wire
 from .stdio import PreparedStdio
 from .subreaper import become_subreaper
 
+# Spares kept forked ahead of need. Two, so the spare a Run took can be
+# replaced off that Run's path (REFILL_DELAY_S after its exit is reported)
+# while a Run that follows at once still finds one ready. (An idle spare
+# costs ~1.2 MB of private memory.)
+SPARES = 2
+# Forking a spare and its setup cost ~2 ms of CPU (the fork alone ~0.8 ms
+# here): done this long after an execution's exit was reported, not while
+# its output and exit are still travelling to the client on the same CPUs.
+REFILL_DELAY_S = 0.005
+# At the latest this long after a spare was taken (an execution that runs on).
 SPARE_DELAY_S = 0.05
 # Exit-notice slots (4 bytes each); a child forked while all are in use is
 # reported when reaped, as without a notice.
@@ -48,8 +60,8 @@ class Zygote:
         self.sock = sock
         # Leader pid -> execution id, for live (unreaped) leaders.
         self.leaders: dict[int, str] = {}
-        # The child forked ahead of need, not yet taken by the server.
-        self.spare_pid: int | None = None
+        # The children forked ahead of need, not yet taken by the server (oldest first).
+        self.spares: dict[int, None] = {}
         self.stdio = PreparedStdio.prepare()
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_w = wake_w
@@ -95,7 +107,7 @@ class Zygote:
                 if not self.running:
                     return
             if self.spare_due is not None and time.monotonic() >= self.spare_due:
-                self.fork_spare()
+                self.fork_due_spare()
 
     def read_ctrl(self) -> None:
         """Handle every control message already received."""
@@ -121,7 +133,7 @@ class Zygote:
         if op == "taken":
             self.taken(int(msg["pid"]), str(msg.get("id", "")))
         elif op == "fork_spare":
-            self.fork_spare()
+            self.request_spare()
         elif op == "signal":
             self.signal_group(int(msg["pid"]), int(msg["sig"]))
         elif op == "ping":
@@ -133,7 +145,7 @@ class Zygote:
         """The server handed the spare a plan: it is now an execution's leader.
         (A "taken" for a spare already reaped idle is ignored: the server's
         hand-off to it failed, as its socket was closed.)"""
-        if pid != self.spare_pid:
+        if pid not in self.spares:
             died = self.idle_deaths.pop(pid, None)
             if died is not None:
                 # Reaped as an idle spare before this message was read: its
@@ -142,19 +154,42 @@ class Zygote:
             elif self.is_child(pid):
                 self.leaders[pid] = execution_id
             return
-        self.spare_pid = None
+        del self.spares[pid]
         self.leaders[pid] = execution_id
-        # The next spare is forked off the execution's path: once its exit is
-        # reported, or after a short while (forking now would compete with the
-        # child for the CPU and delay its exit report). A server out of spares
-        # asks with fork_spare, served at once.
-        self.spare_due = time.monotonic() + SPARE_DELAY_S
+        # The replacement is forked off the execution's path (forking now would
+        # compete with the child for the CPUs and delay its output and exit):
+        # REFILL_DELAY_S after its exit is reported, at the latest after
+        # SPARE_DELAY_S. A server out of spares asks with fork_spare, served
+        # at once.
+        self.refill_in(SPARE_DELAY_S)
 
-    def fork_spare(self) -> None:
-        """Fork a spare child and give the server the socket that hands it work."""
-        self.spare_due = None
-        if self.spare_pid is not None:
+    def refill_in(self, delay: float) -> None:
+        """Fork the next missing spare `delay` seconds from now (or earlier, if
+        already due earlier)."""
+        if len(self.spares) >= SPARES:
             return
+        due = time.monotonic() + delay
+        if self.spare_due is None or due < self.spare_due:
+            self.spare_due = due
+
+    def fork_due_spare(self) -> None:
+        self.spare_due = None
+        if self.fork_spare():
+            # One at a time: each fork is ~1 ms of the zygote's CPU. (After a
+            # failed fork, the server asks again when it needs a spare.)
+            self.refill_in(REFILL_DELAY_S)
+
+    def request_spare(self) -> None:
+        """The server has no spare ready: fork one at once unless one is
+        already on its way to it."""
+        if not self.spares:
+            self.fork_spare()
+
+    def fork_spare(self) -> bool:
+        """Fork a spare child and give the server the socket that hands it
+        work; False if the fork failed."""
+        if len(self.spares) >= SPARES:
+            return True
         # No free slot (that many executions running): reaped as usual.
         slot = self.free_slots.pop() if self.free_slots else -1
         if slot >= 0:
@@ -168,7 +203,7 @@ class Zygote:
             if slot >= 0:
                 self.free_slots.append(slot)
             self.send({"op": "spare_failed", "message": f"fork failed: {e}"})
-            return
+            return False
         if pid == 0:
             try:
                 ours.detach()
@@ -178,11 +213,12 @@ class Zygote:
         theirs.close()
         if slot >= 0:
             self.slot_of[pid] = slot
-        self.spare_pid = pid
+        self.spares[pid] = None
         try:
             self.send({"op": "spare", "pid": pid}, [ours.fileno()])
         finally:
             ours.close()
+        return True
 
     def signal_group(self, pid: int, sig: int) -> None:
         # Only while the leader is unreaped does its pid still name its group.
@@ -194,8 +230,7 @@ class Zygote:
 
     def read_notices(self) -> None:
         """Report the leaders that gave their exit status before exiting."""
-        spare = self.spare_pid
-        if spare is not None and spare in self.slot_of and self.notices[self.slot_of[spare]]:
+        if any(self.notices[self.slot_of[s]] for s in self.spares if s in self.slot_of):
             # Its "taken" may still be queued.
             self.read_ctrl()
         for pid in [p for p in self.leaders if p not in self.noticed and p in self.slot_of]:
@@ -210,6 +245,10 @@ class Zygote:
                 pass
             self.noticed.add(pid)
             self.send({"op": "exit", "pid": pid, "time_ns": time.time_ns(), "code": (value - 1) & 0xFF})
+            if self.spares:
+                # Refilled once this exit is on its way (without a spare
+                # left, at the reap as before: the teardown is over then).
+                self.refill_in(REFILL_DELAY_S)
 
     def reap(self) -> None:
         # Read any "taken" first, so a leader's exit is not taken for an idle
@@ -225,7 +264,7 @@ class Zygote:
                 return
             pid = info.si_pid
             leader = pid in self.leaders
-            if leader or pid == self.spare_pid:
+            if leader or pid in self.spares:
                 # The zombie keeps its group id reserved: kill the rest. (A
                 # "spare" may be a taken child whose "taken" is still unread.)
                 try:
@@ -242,11 +281,13 @@ class Zygote:
                     self.noticed.discard(pid)
                 else:
                     self.report(pid, status)
-                if self.spare_due is not None:
+                if self.spares:
+                    self.refill_in(REFILL_DELAY_S)
+                else:
                     self.fork_spare()
-            elif pid == self.spare_pid:
+            elif pid in self.spares:
                 # It died idle (killed?): withdraw it and fork another.
-                self.spare_pid = None
+                del self.spares[pid]
                 self.idle_deaths[pid] = status
                 while len(self.idle_deaths) > 16:
                     del self.idle_deaths[next(iter(self.idle_deaths))]
@@ -275,9 +316,8 @@ class Zygote:
         reports: the server is going away or already gone)."""
         self.running = False
         leaders, self.leaders = list(self.leaders), {}
-        if self.spare_pid is not None:
-            leaders.append(self.spare_pid)
-            self.spare_pid = None
+        leaders.extend(self.spares)
+        self.spares.clear()
         for pid in leaders:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -333,6 +373,7 @@ def main(fd: int, modules: list[str]) -> None:
     )
     try:
         zygote.fork_spare()
+        zygote.refill_in(0)
         zygote.serve()
     except (BrokenPipeError, ConnectionResetError):
         zygote.shutdown()
