@@ -317,6 +317,31 @@ def test_stdio_objects_match_cold(tmp_path: Path) -> None:
     run(_with(tmp_path, body))
 
 
+def test_environment_and_main_match_cold(tmp_path: Path) -> None:
+    """The spare's rehearsal of the setup (environment, sys.std*, argv, path,
+    __main__) leaves nothing behind: os.environ and the C environment a
+    subprocess inherits are those of a cold python3, in the same order."""
+    import subprocess
+
+    code = (
+        "import os, subprocess, sys\n"
+        "print(list(os.environ.items()))\n"
+        "print(subprocess.run(['env'], capture_output=True).stdout)\n"
+        "print(sys.argv, sys.modules['__main__'].__name__, sys.stdout is sys.__stdout__, __name__)\n"
+    )
+    env = {"KRT_RUN_VAR": "1"}
+
+    async def body(h: Harness) -> None:
+        _, out, err, _ = await h.run([sys.executable, "-c", code, "a"], env=env)
+        cold = subprocess.run(
+            [sys.executable, "-c", code, "a"], capture_output=True, stdin=subprocess.DEVNULL, env={**ENV, **env}
+        )
+        assert b"KRUNTIMES_PREFAULT" not in out
+        assert (out, err) == (cold.stdout, cold.stderr)
+
+    run(_with(tmp_path, body))
+
+
 def test_starts_waiting_for_spares(tmp_path: Path) -> None:
     """More Starts than spares, at once and back to back: each waits for a
     spare (one arriving before the waiting task runs included) and none hangs."""

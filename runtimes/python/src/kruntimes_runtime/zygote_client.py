@@ -235,7 +235,7 @@ class ZygoteClient:
                 self._exit_handlers.pop(pid, None)
                 _kill_group(pid)
                 raise
-            return pid  # the zygote forks the next spare on "taken"
+            return pid  # its replacement is forked once its exit is reported
         self._request_spare()
         return None
 
