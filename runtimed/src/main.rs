@@ -9,6 +9,8 @@ fn main() -> std::process::ExitCode {
     let filter = EnvFilter::try_from_env("RUNTIMED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, not in `kubectl logs`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => fmt.json().init(),
