@@ -19,9 +19,7 @@ pub fn describe(loadavg_start: Option<[f64; 3]>, data_dir: &Path) -> Machine {
             .map(|n| n.get())
             .unwrap_or(1),
         cpu_model: procfs::cpu_model(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into()),
+        kernel: kernel(),
         memory_gib: procfs::memory_gib(),
         loadavg_start,
         loadavg_end: procfs::loadavg(),
@@ -31,6 +29,30 @@ pub fn describe(loadavg_start: Option<[f64; 3]>, data_dir: &Path) -> Machine {
             procfs::filesystem(data_dir).unwrap_or_else(|| "an unknown filesystem".into())
         ),
     }
+}
+
+/// The kernel release, with any scheduler options it was booted with: they
+/// decide where woken processes run, and a Run crosses several processes
+/// (e.g. `sched_vcpu_pack`, which packs runnable tasks onto fewer vCPUs).
+fn kernel() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let sched: Vec<&str> = scheduler_options(&cmdline);
+    if sched.is_empty() {
+        release
+    } else {
+        format!("{release} (booted with {})", sched.join(" "))
+    }
+}
+
+fn scheduler_options(cmdline: &str) -> Vec<&str> {
+    cmdline
+        .split_whitespace()
+        .take_while(|w| *w != "--")
+        .filter(|w| w.starts_with("sched") || w.starts_with("isolcpus") || w.starts_with("nohz"))
+        .collect()
 }
 
 /// `YYYY-MM-DD HH:MM` for seconds since the epoch (civil-from-days, proleptic
@@ -57,6 +79,13 @@ fn utc(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduler_options_from_the_kernel_command_line() {
+        let c = "console=ttyS0 sched_vcpu_pack=15 quiet nohz_full=1 -- --sched_x=1";
+        assert_eq!(scheduler_options(c), ["sched_vcpu_pack=15", "nohz_full=1"]);
+        assert!(scheduler_options("console=ttyS0 quiet").is_empty());
+    }
 
     #[test]
     fn civil_dates() {
