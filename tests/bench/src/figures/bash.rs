@@ -2,7 +2,7 @@
 //! Execute until Exited, vs the raw limit: spawn + wait of the same command
 //! from an in-process loop.
 
-use super::{Context, CpuMeter, blocking, progress};
+use super::{Context, CpuMeter, blocking, progress, settle};
 use crate::client::{command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row, Value};
@@ -55,6 +55,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
         let out = execute(&mut client, command("bash", &["bash", "-c", "true"]), false).await?;
         let d = start.elapsed();
         out.require_success("bash -c true through runtimed")?;
+        settle().await;
         if i >= counts.warmup {
             raw.push(r);
             through.push(d);

@@ -76,6 +76,15 @@ where
     })
 }
 
+/// Pause after each measured Run, before the next baseline sample: work the
+/// system does after a Run's exit is reported (the Forget, runtimed's
+/// bookkeeping, the python zygote forking its next spare 5 ms later) then
+/// finishes before the baseline is timed, instead of slowing the baseline,
+/// which would flatter the ratio.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
 /// Runs a blocking baseline measurement off the async workers.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,

@@ -4,7 +4,7 @@
 //! resolved interpreter, and vs a Jupyter kernel executing `print(1)`.
 
 use super::bash::value;
-use super::{Context, CpuMeter, blocking, jupyter, progress};
+use super::{Context, CpuMeter, blocking, jupyter, progress, settle};
 use crate::client::{Client, command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row, Value};
@@ -129,6 +129,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
         } else {
             None
         };
+        settle().await;
         if i >= counts.warmup {
             cold_s.push(c);
             if let Some(w) = w {
