@@ -112,9 +112,8 @@ impl Records {
             out.push(b'\n');
             live.insert(r.id.clone(), (start, out.len() as u64 - start));
         }
-        Self::install(path, &out)?;
         Ok(Inner {
-            file: OpenOptions::new().append(true).read(true).open(path)?,
+            file: Self::install(path, &out)?,
             len: out.len() as u64,
             live,
             live_bytes: out.len() as u64,
@@ -122,13 +121,22 @@ impl Records {
     }
 
     /// Writes `bytes` to a new file and renames it over the journal, so a
-    /// crash leaves either the old journal or the new one.
-    fn install(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    /// crash leaves either the old journal or the new one. Returns the new
+    /// journal open for appending (opened before the rename: once it is
+    /// in place, nothing is left that can fail).
+    fn install(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
         let tmp = path.with_extension("journal.new");
-        let mut f = File::create(&tmp)?;
+        // Left by a crash mid-rewrite.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_data()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        Ok(f)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -146,7 +154,8 @@ impl Records {
             inner.live_bytes -= old;
         }
         inner.live_bytes += n;
-        self.compact_if_due(&mut inner)
+        self.compact_if_due(&mut inner);
+        Ok(())
     }
 
     /// Appends a tombstone: the Run is gone from the journal.
@@ -159,14 +168,24 @@ impl Records {
         if let Some((_, old)) = inner.live.remove(id) {
             inner.live_bytes -= old;
         }
-        self.compact_if_due(&mut inner)
+        self.compact_if_due(&mut inner);
+        Ok(())
     }
 
-    fn compact_if_due(&self, inner: &mut Inner) -> std::io::Result<()> {
+    /// Rewrites the journal with the live lines only once dead ones
+    /// outweigh them. A failure leaves the old journal in use (and is
+    /// retried with the next line): the line just appended is safe either way.
+    fn compact_if_due(&self, inner: &mut Inner) {
         let dead = inner.len - inner.live_bytes;
         if dead <= inner.live_bytes.max(COMPACT_SLACK) {
-            return Ok(());
+            return;
         }
+        if let Err(e) = self.compact(inner) {
+            tracing::error!(journal = %self.path.display(), error = %e, "cannot rewrite the run records journal; appending to the old one");
+        }
+    }
+
+    fn compact(&self, inner: &mut Inner) -> std::io::Result<()> {
         let mut spans: Vec<(u64, u64, String)> = inner
             .live
             .iter()
@@ -184,15 +203,11 @@ impl Records {
             inner.file.read_exact_at(&mut out[start..], at)?;
             live.insert(id, (start as u64, n));
         }
-        Self::install(&self.path, &out)?;
-        inner.file = OpenOptions::new()
-            .append(true)
-            .read(true)
-            .open(&self.path)?;
+        inner.file = Self::install(&self.path, &out)?;
         inner.len = out.len() as u64;
         inner.live_bytes = inner.len;
         inner.live = live;
-        tracing::debug!(journal = %self.path.display(), bytes = inner.len, dead, "rewrote the run records journal");
+        tracing::debug!(journal = %self.path.display(), bytes = inner.len, "rewrote the run records journal");
         Ok(())
     }
 }
@@ -305,6 +320,18 @@ mod tests {
         j.save(&record("c", Phase::Running, "")).unwrap();
         drop(j);
         assert_eq!(reopen(&path).len(), 3);
+    }
+
+    #[test]
+    fn a_rewrite_interrupted_by_a_crash_leaves_the_old_journal_in_charge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.journal");
+        let (j, _) = Records::open(&path).unwrap();
+        j.save(&record("a", Phase::Running, "")).unwrap();
+        drop(j);
+        std::fs::write(path.with_extension("journal.new"), b"half a rewr").unwrap();
+        assert_eq!(reopen(&path).len(), 1);
+        assert!(!path.with_extension("journal.new").exists());
     }
 
     #[test]
