@@ -143,6 +143,10 @@ pub struct Run {
     pub spool: Spool,
     state: watch::Sender<RunState>,
     records: Arc<Records>,
+    /// Set by [`Run::forget`]; held while saving, so a save that races a
+    /// Forget (a waiter may Forget before the final save) cannot append the
+    /// record again after its tombstone.
+    forgotten: Mutex<bool>,
 }
 
 /// Truncates a message to [`MAX_MESSAGE_BYTES`] on a character boundary.
@@ -174,6 +178,7 @@ impl Run {
     ) -> Run {
         Run {
             records,
+            forgotten: Mutex::new(false),
             id,
             uid: uuid::Uuid::new_v4().to_string(),
             runtime,
@@ -221,12 +226,17 @@ impl Run {
             spool,
             state: watch::channel(f.state).0,
             records,
+            forgotten: Mutex::new(false),
         })
     }
 
     /// Appends the Run's current state to the records journal. A failure is
     /// logged, not fatal: the Run itself goes on.
     pub fn save(&self) {
+        let forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        if *forgotten {
+            return;
+        }
         let r = self.records.save(&RunRecord {
             id: self.id.clone(),
             uid: self.uid.clone(),
@@ -241,6 +251,8 @@ impl Run {
     }
 
     pub fn forget(&self) {
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        *forgotten = true;
         if let Err(e) = self.records.forget(&self.id) {
             tracing::error!(run = %self.id, error = %e, "cannot remove the run record");
         }
@@ -451,6 +463,9 @@ mod tests {
             ("r", Phase::Running, 42)
         );
         loaded.forget();
+        // A save that comes after the Forget (the final save racing a
+        // waiter's Forget) does not bring the record back.
+        loaded.save();
         assert!(Records::open(&path).unwrap().1.is_empty());
     }
 }
