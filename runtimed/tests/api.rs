@@ -12,6 +12,30 @@ fn phase(r: &pb::Run) -> pb::Phase {
     pb::Phase::try_from(r.phase).expect("phase")
 }
 
+/// `--worker-threads` above 1 gives a multi-threaded scheduler; Runs and
+/// their output behave the same on it (the default, 1, is what every other
+/// test here runs on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_a_multi_threaded_runtimed_too() {
+    let d = Daemon::start(&["--worker-threads", "3"]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let out = execute(&mut c, sh("echo out; echo err >&2; exit 4")).await;
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
+    assert_eq!(out.run.expect("exited").exit_code, Some(4));
+    // It really is multi-threaded: three tokio workers (blocking-pool
+    // threads, if any, carry the same name, hence at least).
+    let workers = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .expect("task dir")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("tokio-r"))
+        .count();
+    assert!(workers >= 3, "{workers} tokio threads");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_streams_both_streams_and_the_exit() {
     let d = Daemon::start(&[]).await;
