@@ -124,10 +124,11 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         });
     }
 
-    let (records, saved) = crate::records::Records::open(&cfg.records_journal()).map_err(|e| {
+    let journal = cfg.records_journal();
+    let (records, saved) = crate::records::Records::open(&journal).map_err(|e| {
         format!(
             "cannot open the run records journal {}: {e}",
-            cfg.records_journal().display()
+            journal.display()
         )
     })?;
     let state = Arc::new(State {
