@@ -23,6 +23,7 @@ pub mod runtimed {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kruntimes_descriptor");
 
 pub mod address;
+pub mod events;
 
 /// Converts between `SystemTime` and protobuf timestamps.
 pub mod time {

@@ -10,6 +10,7 @@ use crate::runtime_server::RuntimeServer;
 use crate::spool::StreamKind;
 use crate::supervisor::signal_name;
 use crate::workspace::Workspace;
+use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1 as rpb;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,10 @@ use tonic::Code;
 /// How long runtimed keeps trying to re-attach to an execution whose server
 /// it cannot reach (external servers; supervised ones are known dead at once).
 const REATTACH_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a finished Run's workspace cleanup and Forget wait (off the
+/// path of the result to the client).
+const TIDY_DELAY: Duration = Duration::from_millis(1);
 
 pub struct Attempt {
     pub run: Arc<Run>,
@@ -37,7 +42,7 @@ pub struct Attempt {
     pub on_finish: Arc<dyn Fn() + Send + Sync>,
     /// The Start stream after `started`; `None` to Attach right away (a Run
     /// recovered after a restart).
-    pub events: Option<tonic::Streaming<rpb::ExecutionEvent>>,
+    pub events: Option<Events>,
 }
 
 /// Maps a Runtime Server Exit to the Run's phase, exit fields and message.
@@ -85,10 +90,14 @@ impl Attempt {
         self.run.finish(o);
         // A waiter that saw the Run finish may start the next one at once.
         drop(self.permit.take());
-        // Bookkeeping after waking the waiters: until the record is saved a
-        // restarted runtimed re-attaches and finishes the Run again (the
-        // server keeps the execution until the Forget below).
+        // Bookkeeping after the waiters have sent the result: until the
+        // record is saved a restarted runtimed re-attaches and finishes the
+        // Run again (the server keeps the execution until the Forget below).
+        tokio::task::yield_now().await;
         self.run.save();
+        // The rest waits until runtimed has been idle for a moment, so the
+        // client just woken (often on this CPU) reads the result first.
+        tokio::time::sleep(TIDY_DELAY).await;
         self.workspace.cleanup(&id);
         tracing::info!(phase = phase.as_str(), %message, "run finished");
         // Best effort: the server drops the execution's buffers.
@@ -180,7 +189,7 @@ impl Attempt {
                             stderr_offset,
                         })
                         .await
-                        .map(|r| r.into_inner())
+                        .map(|r| Events::new(r.into_inner()))
                 }
             };
             let broke = match attached {
@@ -201,7 +210,12 @@ impl Attempt {
                                 }
                             }
                             Some(rpb::execution_event::Event::Exited(e)) => return Ok(e),
-                            Some(rpb::execution_event::Event::Started(_)) | None => {}
+                            // Batches come unpacked.
+                            Some(
+                                rpb::execution_event::Event::Started(_)
+                                | rpb::execution_event::Event::Batch(_),
+                            )
+                            | None => {}
                         },
                         Ok(None) => {
                             break tonic::Status::unavailable(

@@ -7,6 +7,7 @@ use crate::run::{Outcome, Run, RunSpec};
 use crate::runtime_server::RuntimeServer;
 use crate::spool::{Spool, StreamKind};
 use crate::validate;
+use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1 as rpb;
 use kruntimes_proto::runtimed::v1 as pb;
 use kruntimes_proto::time::from_timestamp;
@@ -265,8 +266,8 @@ async fn start_execution(
         tonic::transport::Channel,
     >,
     req: rpb::StartRequest,
-) -> std::result::Result<(rpb::Started, tonic::Streaming<rpb::ExecutionEvent>), Status> {
-    let mut events = client.start(req).await?.into_inner();
+) -> std::result::Result<(rpb::Started, Events), Status> {
+    let mut events = Events::new(client.start(req).await?.into_inner());
     match events.message().await? {
         Some(rpb::ExecutionEvent {
             event: Some(rpb::execution_event::Event::Started(s)),

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,12 +122,24 @@ class Server:
         return self.proc.wait(timeout=WAIT_S)
 
 
+def unbatched(messages: Any) -> Iterator[Any]:
+    """The events of a stream's messages, EventBatches unpacked in order."""
+    for msg in messages:
+        if msg.WhichOneof("event") == "batch":
+            assert 1 <= len(msg.batch.events) <= 64, msg
+            for ev in msg.batch.events:
+                assert ev.WhichOneof("event") != "batch", "a batch inside a batch"
+                yield ev
+        else:
+            yield msg
+
+
 def collect(events: Any, stdout_offset: int = 0, stderr_offset: int = 0) -> Result:
     """Read output events to the end: contiguous per stream, Exited last."""
     out, err = bytearray(), bytearray()
     chunks = 0
     exit_msg = None
-    for ev in events:
+    for ev in unbatched(events):
         assert exit_msg is None, "an event after Exited"
         kind = ev.WhichOneof("event")
         if kind == "output":

@@ -23,6 +23,7 @@ from support import (
     new_id,
     proc_stat,
     start_server,
+    unbatched,
     zombies_under,
 )
 
@@ -342,7 +343,7 @@ def test_reader_dies_midway_and_resumes_from_its_offset(server: Server) -> None:
                 assert next(stream).HasField("started")
             else:
                 stream = stub.Attach(pb.AttachRequest(execution_id=eid, stdout_offset=len(got)))
-            for ev in stream:
+            for ev in unbatched(stream):
                 assert ev.output.offset == len(got)
                 got += ev.output.data
                 if len(got) >= cut:
@@ -364,7 +365,7 @@ def test_new_attach_replaces_old(fresh_server: Server) -> None:
     err = rpc_error(lambda: next(first))
     assert err.code() == grpc.StatusCode.ABORTED and "replaced by a newer Attach" in err.details()
     srv.stub.Cancel(pb.CancelRequest(execution_id=eid, grace_period_ms=100))
-    rest = list(second)
+    rest = list(unbatched(second))
     assert rest[-1].HasField("exited") and rest[-1].exited.cancelled
 
 
@@ -533,6 +534,24 @@ def test_dropped_start_stream_does_not_cancel(server: Server) -> None:
             pass
         r = server.attach(eid)
         assert (r.stdout, r.code) == (b"before\nafter\n", 7)
+
+
+def test_what_is_at_hand_travels_in_one_batch(server: Server) -> None:
+    """Attach to a finished execution: its output of both streams and its
+    exit arrive as one EventBatch message, in order."""
+    code = "import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)\n"
+    eid = server.start(argv=["python3", "-c", code])
+    server.wait_exited(eid)
+    messages = list(server.stub.Attach(pb.AttachRequest(execution_id=eid), timeout=30))
+    assert [m.WhichOneof("event") for m in messages] == ["batch"]
+    events = messages[0].batch.events
+    assert [e.WhichOneof("event") for e in events] == ["output", "output", "exited"]
+    assert [(e.output.stream, e.output.data) for e in events[:2]] == [
+        (pb.STREAM_STDOUT, b"out\n"),
+        (pb.STREAM_STDERR, b"err\n"),
+    ]
+    r = collect(messages)
+    assert (r.stdout, r.stderr, r.code) == (b"out\n", b"err\n", 3)
 
 
 def test_attach_replaces_start_stream(server: Server) -> None:

@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_util::rt::TokioIo;
+use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1::runtime_server_client::RuntimeServerClient;
 use kruntimes_proto::runtime::v1::{
     AttachRequest, Command, ExecutionEvent, Exit, StartRequest, Started, Stream, execution_event,
     exit, start_request,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 use crate::Failure;
 use crate::ensure;
@@ -111,13 +112,15 @@ pub fn sh(id: &str, script: &str) -> StartRequest {
 pub async fn start_raw(
     client: &mut Client,
     req: StartRequest,
-) -> Result<(Started, Streaming<ExecutionEvent>), Status> {
+) -> Result<(Started, Events), Status> {
     let id = req.execution_id.clone();
     let late = || Status::deadline_exceeded(format!("Start {id}: no answer in {STEP_TIMEOUT:?}"));
-    let mut stream = tokio::time::timeout(STEP_TIMEOUT, client.start(req))
-        .await
-        .map_err(|_| late())??
-        .into_inner();
+    let mut stream = Events::new(
+        tokio::time::timeout(STEP_TIMEOUT, client.start(req))
+            .await
+            .map_err(|_| late())??
+            .into_inner(),
+    );
     match tokio::time::timeout(STEP_TIMEOUT, stream.message())
         .await
         .map_err(|_| late())??
@@ -200,7 +203,7 @@ impl Collected {
 /// Reads one Attach stream, checking the invariants as it goes.
 pub struct AttachReader {
     pub id: String,
-    stream: Streaming<ExecutionEvent>,
+    stream: Events,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     /// Offsets the next chunk of each stream must start at.
@@ -226,12 +229,7 @@ impl AttachReader {
     }
 
     /// Reads an already open event stream (Attach, or Start after `started`).
-    pub fn from_stream(
-        id: &str,
-        stream: Streaming<ExecutionEvent>,
-        stdout_offset: u64,
-        stderr_offset: u64,
-    ) -> Self {
+    pub fn from_stream(id: &str, stream: Events, stdout_offset: u64, stderr_offset: u64) -> Self {
         Self {
             id: id.to_string(),
             stream,
@@ -311,6 +309,10 @@ impl AttachReader {
             Some(execution_event::Event::Started(_)) => Err(Failure::Violation(format!(
                 "{id}: `started` is only allowed as the first event of a Start stream"
             ))),
+            // `Events` unpacks batches and rejects nested ones.
+            Some(execution_event::Event::Batch(_)) => Err(Failure::Violation(format!(
+                "{id}: an EventBatch was not unpacked"
+            ))),
             None => Err(Failure::Violation(format!(
                 "{id}: ExecutionEvent without event"
             ))),
@@ -351,14 +353,14 @@ pub async fn attach_raw(
     id: &str,
     stdout_offset: u64,
     stderr_offset: u64,
-) -> Result<Streaming<ExecutionEvent>, Status> {
+) -> Result<Events, Status> {
     let req = AttachRequest {
         execution_id: id.to_string(),
         stdout_offset,
         stderr_offset,
     };
     match tokio::time::timeout(STEP_TIMEOUT, client.attach(req)).await {
-        Ok(r) => r.map(|r| r.into_inner()),
+        Ok(r) => r.map(|r| Events::new(r.into_inner())),
         Err(_) => Err(Status::deadline_exceeded(format!(
             "Attach {id}: no answer in {STEP_TIMEOUT:?}"
         ))),

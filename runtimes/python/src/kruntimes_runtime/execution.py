@@ -268,11 +268,12 @@ class Execution:
             msg.exit.CopyFrom(self.exit)
         return msg
 
-    def attach(self, stdout_offset: int, stderr_offset: int) -> AsyncIterator[Any]:
-        """Become the execution's reader: output from the offsets, then Exited.
-        A newer reader (Attach) ends this one with ABORTED. Offsets are checked
-        here, before the first event; registration is synchronous, so a Start
-        that registers its reader before yielding cannot replace a later Attach."""
+    def attach(self, stdout_offset: int, stderr_offset: int) -> AsyncIterator[list[Any]]:
+        """Become the execution's reader: output from the offsets, then Exited,
+        in batches of events (see `_attach_batches`). A newer reader (Attach)
+        ends this one with ABORTED. Offsets are checked here, before the first
+        event; registration is synchronous, so a Start that registers its
+        reader before yielding cannot replace a later Attach."""
         self.stdout.check_offset(stdout_offset, "stdout_offset")
         self.stderr.check_offset(stderr_offset, "stderr_offset")
         self._attach_gen += 1
@@ -286,29 +287,68 @@ class Execution:
         for (buf, reader, _), pos in zip(streams, positions, strict=True):
             buf.rewind(pos)
             reader.resume()
-        return self._attach_events(gen, streams, positions)
+        return self._attach_batches(gen, streams, positions)
 
-    async def _attach_events(self, gen: int, streams: Any, positions: list[int]) -> AsyncIterator[Any]:
+    async def _attach_batches(self, gen: int, streams: Any, positions: list[int]) -> AsyncIterator[list[Any]]:
+        """Everything at hand as one batch: the output of both streams (up to
+        CHUNK_MAX_BYTES in all) and, once all output is in it, the exit. While
+        the process runs, output waits up to OUTPUT_LINGER_S for more or for
+        the exit, so a short Run's output and exit travel in one message (each
+        message is one write and one wake-up on either side)."""
+        linger_until = 0.0
         while True:
             if gen != self._attach_gen:
                 raise Aborted(f"execution {self.id!r}: replaced by a newer Attach")
             self._event.clear()
-            progressed = False
-            for i, (buf, reader, tag) in enumerate(streams):
-                pos = positions[i]
-                if pos >= buf.end:
+            batch: list[Any] = []
+            ends = list(positions)
+            room = limits.CHUNK_MAX_BYTES
+            for i, (buf, _, tag) in enumerate(streams):
+                pos = ends[i]
+                if pos >= buf.end or room <= 0:
                     continue
-                data = buf.read(pos, limits.CHUNK_MAX_BYTES)
-                yield pb.ExecutionEvent(output=pb.OutputChunk(stream=tag, offset=pos, data=data))
-                if gen != self._attach_gen:
-                    raise Aborted(f"execution {self.id!r}: replaced by a newer Attach")
-                positions[i] = pos + len(data)
-                buf.mark_sent(positions[i])
-                reader.resume()
-                progressed = True
-            if progressed:
+                data = buf.read(pos, room)
+                batch.append(pb.ExecutionEvent(output=pb.OutputChunk(stream=tag, offset=pos, data=data)))
+                ends[i] = pos + len(data)
+                room -= len(data)
+            complete = all(ends[i] >= buf.end for i, (buf, _, _) in enumerate(streams))
+            exited = self.exit is not None and complete
+            if exited:
+                batch.append(pb.ExecutionEvent(exited=self.exit))
+            elif not batch:
+                linger_until = 0.0
+                await self._event.wait()
                 continue
-            if self.exit is not None:
-                yield pb.ExecutionEvent(exited=self.exit)
+            elif room > 0 and self.leader is None:
+                now = self._loop.time()
+                if not linger_until:
+                    linger_until = now + limits.OUTPUT_LINGER_S
+                if now < linger_until:
+                    await self._wait_until(linger_until)
+                    continue
+            linger_until = 0.0
+            yield batch
+            if gen != self._attach_gen:
+                raise Aborted(f"execution {self.id!r}: replaced by a newer Attach")
+            if exited:
                 return
+            for i, (buf, reader, _) in enumerate(streams):
+                if ends[i] != positions[i]:
+                    positions[i] = ends[i]
+                    buf.mark_sent(ends[i])
+                    reader.resume()
+
+    async def _wait_until(self, deadline: float) -> None:
+        """Until something changes or `deadline` (loop time)."""
+        timer = self._loop.call_at(deadline, self._event.set)
+        try:
             await self._event.wait()
+        finally:
+            timer.cancel()
+
+
+def batch_message(batch: list[Any]) -> Any:
+    """One event as itself, several as an EventBatch (one message, one write)."""
+    if len(batch) == 1:
+        return batch[0]
+    return pb.ExecutionEvent(batch=pb.EventBatch(events=batch))

@@ -29,6 +29,10 @@ CHUNK_MAX_BYTES = 256 << 10
 # The first read after a quiet period is immediate (no added latency).
 COALESCE_DELAY_S = 0.002
 COALESCE_SMALL_BYTES = 16 << 10
+# Output of a running process waits up to this long (unless CHUNK_MAX_BYTES
+# are pending) before it is sent, so that it can travel with what follows,
+# the exit of a short Run above all, in one EventBatch.
+OUTPUT_LINGER_S = 0.002
 
 DEFAULT_MAX_EXECUTIONS = 64
 MAX_EXECUTIONS_LIMIT = 4096

@@ -160,7 +160,7 @@ class Runtime:
                 f"{known} executions are held (finished ones until Forget), the limit is {self.config.max_retained}"
             )
 
-    async def start_execution(self, spec: StartSpec) -> tuple[Execution, AsyncIterator[Any]]:
+    async def start_execution(self, spec: StartSpec) -> tuple[Execution, AsyncIterator[list[Any]]]:
         """Start an execution: prepared and sent to the zygote synchronously,
         then its pid awaited. If the caller goes away meanwhile, the execution
         is still registered when the pid arrives, so no process runs untracked.
@@ -183,7 +183,7 @@ class Runtime:
             raise
         prepared = execution
         settled = False
-        events: AsyncIterator[Any] | None = None
+        events: AsyncIterator[list[Any]] | None = None
 
         def settle(done: asyncio.Future[int]) -> None:
             # Once: as the future's callback (also when the caller went away)

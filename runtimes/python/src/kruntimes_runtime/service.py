@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from .errors import ServerError, grpc_code
-from .execution import timestamp
+from .execution import batch_message, timestamp
 from .proto import pb, pb_grpc
 from .runtime import Runtime
 from .validation import validate_execution_id, validate_grace, validate_start
@@ -50,8 +50,8 @@ class RuntimeService(pb_grpc.RuntimeServerServicer):
             execution, events = await self.runtime.start_execution(spec)
             started = pb.Started(pid=execution.pid, started_at=timestamp(execution.started_ns))
             await context.write(pb.ExecutionEvent(started=started))
-            async for event in events:
-                await context.write(event)
+            async for batch in events:
+                await context.write(batch_message(batch))
 
         await _guard(context, call)
 
@@ -59,9 +59,9 @@ class RuntimeService(pb_grpc.RuntimeServerServicer):
         async def call() -> None:
             validate_execution_id(request.execution_id)
             execution = self.runtime.get(request.execution_id)
-            events: AsyncIterator[Any] = execution.attach(request.stdout_offset, request.stderr_offset)
-            async for event in events:
-                await context.write(event)
+            events: AsyncIterator[list[Any]] = execution.attach(request.stdout_offset, request.stderr_offset)
+            async for batch in events:
+                await context.write(batch_message(batch))
 
         await _guard(context, call)
 
