@@ -119,10 +119,13 @@ const MAX_RECENT: usize = 1 << 20;
 
 struct Inner {
     index: Vec<Record>,
-    /// `None` until the first output creates the files, and again once they
-    /// are removed (dropping the handles frees the disk space).
+    /// The write handles: `None` until the first output creates the files,
+    /// and again once the log is closed (a finished Run holds no descriptor;
+    /// readers open the data file when they need it) or removed.
     idx_file: Option<File>,
     data: Option<Arc<File>>,
+    /// Whether the files exist (created by the first output, or found).
+    created: bool,
     /// Whether the files were removed (the bytes left the usage gauge).
     removed: bool,
     /// The last appended record's bytes, from combined offset `.0`.
@@ -172,6 +175,7 @@ impl Spool {
                 index: Vec::new(),
                 idx_file: None,
                 data: None,
+                created: false,
                 removed: false,
                 recent: None,
                 len: 0,
@@ -197,14 +201,14 @@ impl Spool {
         usage: Arc<AtomicU64>,
     ) -> std::io::Result<Spool> {
         let spool = Spool::create(dir, run_id, cap, usage);
-        if closed {
-            spool.close();
-        }
         let open = |p: &Path| OpenOptions::new().read(true).append(true).open(p);
         let (data, idx_file) = match (open(&spool.data_path), open(&spool.idx_path)) {
             (Ok(d), Ok(i)) => (d, i),
             // Nothing was ever spooled (the files come with the first output).
             (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                if closed {
+                    spool.close();
+                }
                 return Ok(spool);
             }
             (Err(e), _) | (_, Err(e)) => return Err(e),
@@ -238,6 +242,7 @@ impl Spool {
             inner.index = index;
             inner.idx_file = Some(idx_file);
             inner.data = Some(Arc::new(data));
+            inner.created = true;
             inner.len = len;
             inner.stdout_len = stdout_len;
             inner.stderr_len = stderr_len;
@@ -245,6 +250,9 @@ impl Spool {
         }
         spool.usage.fetch_add(len, Ordering::Relaxed);
         spool.progress.send_modify(|p| p.len = len);
+        if closed {
+            spool.close();
+        }
         Ok(spool)
     }
 
@@ -252,6 +260,10 @@ impl Spool {
     fn create_files(&self, inner: &mut Inner) -> std::io::Result<()> {
         if inner.removed {
             return Err(std::io::Error::other("the spool was removed"));
+        }
+        if self.progress().closed {
+            // Its handles are gone; a late append must not re-create the files.
+            return Err(std::io::Error::other("the spool is closed"));
         }
         if inner.idx_file.is_none() {
             // A stale file of an unknown earlier Run with this id is emptied.
@@ -277,6 +289,7 @@ impl Spool {
             };
             inner.idx_file = Some(open(&self.idx_path)?);
             inner.data = Some(Arc::new(data));
+            inner.created = true;
         }
         Ok(())
     }
@@ -376,8 +389,22 @@ impl Spool {
     }
 
     /// Marks the log complete: followers end once they have read it all.
+    /// Drops the write handles, so that finished Runs hold no descriptors.
     pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.idx_file = None;
+        inner.data = None;
         self.progress.send_modify(|p| p.closed = true);
+    }
+
+    /// The data file to read from: the write handle while the Run runs, a
+    /// read-only handle of its own once the log is closed; `None` before the
+    /// first output and after removal.
+    fn data_file(&self, inner: &Inner) -> std::io::Result<Option<Arc<File>>> {
+        if inner.data.is_some() || !inner.created || inner.removed {
+            return Ok(inner.data.clone());
+        }
+        Ok(Some(Arc::new(File::open(&self.data_path)?)))
     }
 
     pub fn progress(&self) -> Progress {
@@ -415,7 +442,7 @@ impl Spool {
                 .filter(|r| only.is_none_or(|s| r.stream == s))
                 .copied()
                 .collect();
-            (records, inner.data.clone())
+            (records, self.data_file(&inner)?)
         };
         let Some(data) = data else {
             return Ok(0);
@@ -483,7 +510,7 @@ impl Spool {
                     i += 1;
                 }
             }
-            let (Some(first), Some(file)) = (idx.get(i), inner.data.clone()) else {
+            let Some(first) = idx.get(i) else {
                 return Ok((None, offset.max(inner.len)));
             };
             // A follower that keeps up reads the last chunk from memory.
@@ -513,6 +540,9 @@ impl Spool {
                 end = idx[j].end();
                 j += 1;
             }
+            let Some(file) = self.data_file(&inner)? else {
+                return Ok((None, offset.max(inner.len)));
+            };
             (first.stream, start, end.min(start + max as u64), file)
         };
         let mut data = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
@@ -546,8 +576,9 @@ impl Spool {
         }
         inner.removed = true;
         inner.data = None;
+        inner.idx_file = None;
         inner.recent = None;
-        if inner.idx_file.take().is_some() {
+        if inner.created {
             let _ = std::fs::remove_file(&self.data_path);
             let _ = std::fs::remove_file(&self.idx_path);
         }
@@ -558,6 +589,41 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_spool_holds_no_descriptors_and_stays_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path(), "r1", 1 << 20, Default::default());
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"one\n"))
+            .unwrap();
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"two\n"))
+            .unwrap();
+        s.close();
+        {
+            let inner = s.lock();
+            assert!(inner.data.is_none() && inner.idx_file.is_none());
+        }
+        let (c, next) = s.read(0, 1024, None).unwrap();
+        assert_eq!((&c.unwrap().data[..], next), (&b"one\n"[..], 4));
+        let (c, _) = s.read(4, 1024, None).unwrap();
+        assert_eq!(&c.unwrap().data[..], b"two\n");
+        assert_eq!(s.tail_offset(1, Some(StreamKind::Stdout)).unwrap(), 0);
+        // A late append fails and leaves the log as it was.
+        assert!(
+            s.append(StreamKind::Stdout, 4, Bytes::from_static(b"late"))
+                .is_err()
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("r1.log")).unwrap(),
+            b"one\ntwo\n"
+        );
+        // Re-opened after a restart as finished: no handles either.
+        let r = Spool::open(dir.path(), "r1", 1 << 20, true, Default::default()).unwrap();
+        assert!(r.lock().data.is_none());
+        assert_eq!(r.read(0, 1024, None).unwrap().1, 4);
+        r.remove();
+        assert!(!dir.path().join("r1.log").exists());
+    }
 
     #[test]
     fn append_read_coalesce_filter_dedupe() {
