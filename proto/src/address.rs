@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+/// Largest HTTP/2 frame a client of ours accepts (it tells the server so).
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// Where a gRPC server of ours listens: a Unix socket or a TCP host:port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
@@ -47,6 +50,10 @@ impl Address {
                 e.connect_timeout(Duration::from_secs(5))
                     .initial_stream_window_size(1 << 20)
                     .initial_connection_window_size(2 << 20)
+                    // Output arrives in messages of up to 256 KiB: in frames of
+                    // the default 16 KiB, the receiver pays a read and a frame
+                    // per 16 KiB.
+                    .max_frame_size(MAX_FRAME_BYTES)
             })
         };
         match self {
