@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "RUNTIMED_SPOOL_BUDGET_BYTES", default_value_t = 10 << 30)]
     pub spool_budget_bytes: u64,
 
+    /// Finished Runs kept (with their records and logs) until forgotten;
+    /// beyond it the oldest finished Runs are forgotten first.
+    #[arg(long, env = "RUNTIMED_MAX_FINISHED_RUNS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_finished_runs: u32,
+
     /// Where artifacts are stored: `fs:/path` (e.g. a PVC mount) or
     /// `s3://bucket/prefix?region=R&endpoint=URL&path_style=true`, with S3
     /// credentials from the environment [default: fs:DATA_DIR/artifacts].

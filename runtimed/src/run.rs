@@ -397,6 +397,34 @@ impl Registry {
 
     /// Evicts spools of finished Runs, oldest finished first, until the
     /// spools of all Runs fit in `budget` bytes. Returns how many.
+    /// Keeps at most `max` finished Runs, so that Runs nobody forgets cannot
+    /// grow runtimed's memory and disk without bound: called as a Run
+    /// finishes (before it counts as finished), it forgets the oldest
+    /// finished Runs (record and log) once `max` are kept, down to 90% of
+    /// `max` so the scan is rare. O(1) below the bound. Returns how many went.
+    pub fn enforce_retention(&self, max: usize) -> usize {
+        if self.lock().len() <= max {
+            return 0;
+        }
+        let runs = self.list();
+        let mut finished: Vec<(SystemTime, &Arc<Run>)> = runs
+            .iter()
+            .filter_map(|r| r.state().finished_at.map(|f| (f, r)))
+            .collect();
+        if finished.len() < max {
+            return 0;
+        }
+        finished.sort_by_key(|(f, _)| *f);
+        let keep = max - max / 10;
+        let excess = (finished.len() + 1).saturating_sub(keep);
+        for (_, r) in &finished[..excess] {
+            self.remove(&r.id);
+            r.forget();
+            tracing::info!(run = %r.id, max_finished_runs = max, "forgot the oldest finished run (--max-finished-runs)");
+        }
+        excess
+    }
+
     pub fn enforce_spool_budget(&self, budget: u64) -> usize {
         // The common case, O(1): within budget.
         let mut total = self.spool_usage.load(Ordering::Relaxed);

@@ -144,6 +144,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         log_cap: cfg.log_cap_bytes,
         artifacts: Arc::new(crate::collect::Artifacts::from_config(&cfg)?),
         spool_budget: cfg.spool_budget_bytes,
+        max_finished_runs: cfg.max_finished_runs as usize,
         grace_period_ms: cfg.grace_period_ms,
     });
     crate::recovery::recover(&state, &cfg, saved);

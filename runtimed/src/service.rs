@@ -36,6 +36,7 @@ pub struct State {
     pub workspace: crate::workspace::Workspace,
     pub log_cap: u64,
     pub spool_budget: u64,
+    pub max_finished_runs: usize,
     pub artifacts: Arc<crate::collect::Artifacts>,
     pub grace_period_ms: u64,
 }
@@ -223,7 +224,7 @@ impl State {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Attempt {
         let runs = self.runs.clone();
-        let budget = self.spool_budget;
+        let (budget, max_finished) = (self.spool_budget, self.max_finished_runs);
         Attempt {
             run,
             server,
@@ -235,6 +236,7 @@ impl State {
             permit,
             events: None,
             on_finish: Arc::new(move || {
+                runs.enforce_retention(max_finished);
                 runs.enforce_spool_budget(budget);
             }),
         }

@@ -116,6 +116,8 @@ pub struct Chunk {
 
 /// Largest chunk kept in memory for followers that keep up.
 const MAX_RECENT: usize = 1 << 20;
+/// The same for a closed log: it may be kept long after its Run finished.
+const MAX_RECENT_CLOSED: usize = 64 << 10;
 
 struct Inner {
     index: Vec<Record>,
@@ -389,11 +391,18 @@ impl Spool {
     }
 
     /// Marks the log complete: followers end once they have read it all.
-    /// Drops the write handles, so that finished Runs hold no descriptors.
+    /// Drops the write handles, so that finished Runs hold no descriptors,
+    /// and keeps the last record in memory only if it is small.
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.idx_file = None;
         inner.data = None;
+        // A copy: the slice may share a much larger receive buffer.
+        inner.recent = inner
+            .recent
+            .take()
+            .filter(|(_, b)| b.len() <= MAX_RECENT_CLOSED)
+            .map(|(at, b)| (at, Bytes::copy_from_slice(&b)));
         self.progress.send_modify(|p| p.closed = true);
     }
 

@@ -156,6 +156,49 @@ async fn spool_budget_evicts_oldest_finished_first() {
     assert_eq!(data.len(), 48894);
 }
 
+/// Finished Runs nobody forgets are bounded: past `--max-finished-runs` the
+/// oldest are forgotten, record and log, and a restart does not bring them
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oldest_finished_runs_are_forgotten_past_the_bound() {
+    let d = Daemon::start(&["--max-finished-runs", "3"]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    for id in ["r1", "r2", "r3", "r4", "r5"] {
+        let mut req = sh("echo hello");
+        req.run_id = id.into();
+        assert_eq!(execute(&mut c, req).await.stdout, b"hello\n");
+    }
+    let ids = |runs: Vec<pb::Run>| runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    let list = c.list(pb::ListRequest {}).await.unwrap().into_inner().runs;
+    assert_eq!(ids(list), ["r3", "r4", "r5"]);
+    let gone = c
+        .get(pb::GetRequest {
+            run_id: "r1".into(),
+        })
+        .await
+        .expect_err("r1 was forgotten");
+    assert_eq!(gone.code(), Code::NotFound);
+    let (data, _) = logs(
+        &mut c,
+        pb::LogsRequest {
+            run_id: "r3".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(data, b"hello\n");
+    let spools = std::fs::read_dir(d.dir.path().join("spool"))
+        .unwrap()
+        .count();
+    assert_eq!(spools, 6, "data and index of the three kept Runs");
+    let d = Daemon::start_in(d.crash(), &["--max-finished-runs", "3"]).await;
+    let mut c = d.client();
+    let list = c.list(pb::ListRequest {}).await.unwrap().into_inner().runs;
+    assert_eq!(ids(list), ["r3", "r4", "r5"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_since_and_forget() {
     let d = Daemon::start(&[]).await;
