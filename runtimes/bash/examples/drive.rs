@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use kruntimes_conformance::ServerUnderTest;
 use kruntimes_conformance::client::{Client, command, unique_id};
+use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1::{ExecutionEvent, ForgetRequest, execution_event};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -37,7 +38,7 @@ fn server_bin() -> Res<PathBuf> {
 async fn through(c: &mut Client, argv: &[&str]) -> Res<(Duration, u64, u64)> {
     let id = unique_id("drive");
     let t = Instant::now();
-    let mut s = c.start(command(&id, argv)).await?.into_inner();
+    let mut s = Events::new(c.start(command(&id, argv)).await?.into_inner());
     let (mut bytes, mut msgs) = (0u64, 0u64);
     loop {
         let Some(ExecutionEvent { event: Some(ev) }) = s.message().await? else {
@@ -49,7 +50,8 @@ async fn through(c: &mut Client, argv: &[&str]) -> Res<(Duration, u64, u64)> {
                 msgs += 1;
             }
             execution_event::Event::Exited(_) => break,
-            execution_event::Event::Started(_) => {}
+            // `Events` unpacks batches.
+            execution_event::Event::Started(_) | execution_event::Event::Batch(_) => {}
         }
     }
     let d = t.elapsed();

@@ -214,7 +214,7 @@ impl Executions {
             t.known.insert(id.clone(), Arc::clone(&exec));
             t.running += 1;
         }
-        tracing::info!(%id, pid = spawned.pid, program = %launch.program.display(), "execution started");
+        tracing::debug!(%id, pid = spawned.pid, program = %launch.program.display(), "execution started");
 
         let table = Arc::clone(self);
         let supervised = Supervised {

@@ -123,7 +123,7 @@ pub async fn supervise(s: Supervised) {
         stdout_length: 0,
         stderr_length: 0,
     };
-    tracing::info!(id = %exec.id, pid = exec.pid, message = %exit.message, "execution finished");
+    tracing::debug!(id = %exec.id, pid = exec.pid, message = %exit.message, "execution finished");
     exec.finish(exit);
 }
 

@@ -156,7 +156,12 @@ impl Workspace {
     pub fn working_dir(&self, id: &str, rel: &Path) -> Result<PathBuf, RuntimeError> {
         let exec_dir = self.root.join(id);
         let mut dir = exec_dir.clone();
-        let mut linked = !(self.take_spare(&dir) || make_level(&dir)?);
+        // In local mode runtimed has put a directory there already: one
+        // lstat instead of a failed rename, a failed mkdir and an lstat.
+        let mut linked = match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => false,
+            _ => !(self.take_spare(&dir) || make_level(&dir)?),
+        };
         for part in rel.components() {
             dir.push(part);
             if !linked {
