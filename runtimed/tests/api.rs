@@ -87,57 +87,6 @@ async fn execute_streams_both_streams_and_the_exit() {
     assert_eq!(list.len(), 3);
 }
 
-/// Spool files of finished Runs (kept until Forget or eviction) hold no
-/// descriptor: retained Runs cannot exhaust runtimed's descriptor limit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finished_runs_hold_no_descriptors() {
-    let d = Daemon::start(&[]).await;
-    d.wait_ready("bash").await;
-    let mut c = d.client();
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
-            .unwrap()
-            .count()
-    };
-    let first = execute(&mut c, sh("echo out; echo err >&2")).await;
-    assert_eq!(first.stdout, b"out\n");
-    let before = fds();
-    for _ in 0..20 {
-        let out = execute(&mut c, sh("echo out; echo err >&2")).await;
-        assert_eq!(
-            (&out.stdout[..], &out.stderr[..]),
-            (&b"out\n"[..], &b"err\n"[..])
-        );
-    }
-    // Two per Run (data and index) if they were kept; a few spare for the
-    // connections runtimed may have opened meanwhile.
-    let after = fds();
-    assert!(
-        after < before + 10,
-        "descriptors {before} -> {after} over 20 Runs"
-    );
-    let last = c.list(pb::ListRequest {}).await.unwrap().into_inner().runs;
-    assert_eq!(last.len(), 21, "the Runs and their logs are all retained");
-    let mut logs = c
-        .logs(pb::LogsRequest {
-            run_id: first.run.expect("run").run_id,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut got = Vec::new();
-    while let Some(m) = logs.message().await.unwrap() {
-        if let Some(pb::logs_response::Event::Output(o)) = m.event {
-            got.extend_from_slice(&o.data);
-        }
-    }
-    assert_eq!(
-        got, b"out\nerr\n",
-        "a finished Run's log is read from its file"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_env_and_working_dir() {
     let d = Daemon::start(&[]).await;
