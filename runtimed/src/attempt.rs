@@ -94,6 +94,12 @@ impl Attempt {
         // record is saved a restarted runtimed re-attaches and finishes the
         // Run again (the server keeps the execution until the Forget below).
         tokio::task::yield_now().await;
+        // A short Run's output was held in memory (see `spool`): on disk
+        // before the record says finished, while the server still keeps it.
+        if let Err(e) = self.run.spool.persist() {
+            tracing::error!(error = %e, "cannot write the run's log spool; its log is dropped");
+            self.run.spool.evict();
+        }
         self.run.save();
         // The rest waits until runtimed has been idle for a moment, so the
         // client just woken (often on this CPU) reads the result first.

@@ -6,12 +6,18 @@
 //! index, so a slow or absent reader costs disk, not RAM.
 //!
 //! Files: `<dir>/<run>.log` (raw bytes; file position == combined offset) and
-//! `<dir>/<run>.idx` (32-byte little-endian records, see [`Record`]), created
-//! with the first output (a Run that prints nothing costs no inodes). Data is
-//! written before its index record, so after a crash the index never points
-//! past the data: [`Spool::open`] trims whatever the index does not cover, and
-//! runtimed re-attaches to the Runtime Server from the per-stream offsets the
-//! index records (the server replays what it still buffers).
+//! `<dir>/<run>.idx` (32-byte little-endian records, see [`Record`]). A Run's
+//! first [`HOLD_MAX`] bytes are held in memory and the files created only
+//! when more arrive or, via [`Spool::persist`], once the Run's result has
+//! been sent: creating two files (two inodes) is the costliest step of a
+//! short Run's exit, and a Run that prints nothing costs no inodes. Held
+//! bytes are safe: until runtimed has persisted them and saved the Run as
+//! finished, it has not sent the Runtime Server `Forget`, and the server
+//! replays them to a runtimed restarted after a crash. Data is written
+//! before its index record, so after a crash the index never points past the
+//! data: [`Spool::open`] trims whatever the index does not cover, and runtimed
+//! re-attaches to the Runtime Server from the per-stream offsets the index
+//! records (the server replays what it still buffers).
 //!
 //! A per-Run cap bounds the log: bytes past it are dropped and counted, and a
 //! zero-length marker record at the cap says where (followers get an in-band
@@ -118,6 +124,9 @@ pub struct Chunk {
 const MAX_RECENT: usize = 1 << 20;
 /// The same for a closed log: it may be kept long after its Run finished.
 const MAX_RECENT_CLOSED: usize = 64 << 10;
+/// Output held in memory before the files exist (well below what a Runtime
+/// Server retains for replay: 2 MiB behind what it sent).
+pub const HOLD_MAX: usize = 64 << 10;
 
 struct Inner {
     index: Vec<Record>,
@@ -126,8 +135,12 @@ struct Inner {
     /// readers open the data file when they need it) or removed.
     idx_file: Option<File>,
     data: Option<Arc<File>>,
-    /// Whether the files exist (created by the first output, or found).
+    /// Whether the files exist (created when output outgrows `held`, by
+    /// `persist`, or found after a restart).
     created: bool,
+    /// Output not written yet, from offset 0: every record so far while the
+    /// files do not exist.
+    held: Vec<u8>,
     /// Whether the files were removed (the bytes left the usage gauge).
     removed: bool,
     /// The last appended record's bytes, from combined offset `.0`.
@@ -149,6 +162,33 @@ pub struct Spool {
     evicted: std::sync::atomic::AtomicBool,
     /// Bytes in all live spools of this runtimed (the spool budget's gauge).
     usage: Arc<AtomicU64>,
+}
+
+/// Where a reader gets a log's bytes.
+enum Source {
+    File(Arc<File>),
+    /// A copy of the held output (it starts at offset 0).
+    Held(Bytes),
+}
+
+impl Source {
+    /// The bytes of `start..end`.
+    fn read(&self, start: u64, end: u64) -> std::io::Result<Bytes> {
+        let len = usize::try_from(end.saturating_sub(start)).unwrap_or(0);
+        match self {
+            Source::File(f) => {
+                let mut data = vec![0u8; len];
+                f.read_exact_at(&mut data, start)?;
+                Ok(data.into())
+            }
+            Source::Held(b) => {
+                let from = usize::try_from(start).unwrap_or(usize::MAX);
+                b.get(from..from.saturating_add(len))
+                    .map(|_| b.slice(from..from + len))
+                    .ok_or_else(|| std::io::Error::other("held output shorter than its index"))
+            }
+        }
+    }
 }
 
 /// Truncation state of a spool.
@@ -178,6 +218,7 @@ impl Spool {
                 idx_file: None,
                 data: None,
                 created: false,
+                held: Vec::new(),
                 removed: false,
                 recent: None,
                 len: 0,
@@ -258,16 +299,22 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Creates both files with the first output.
+    /// Creates both files for an append (not after the log is closed) and
+    /// writes what was held.
     fn create_files(&self, inner: &mut Inner) -> std::io::Result<()> {
-        if inner.removed {
-            return Err(std::io::Error::other("the spool was removed"));
-        }
         if self.progress().closed {
             // Its handles are gone; a late append must not re-create the files.
             return Err(std::io::Error::other("the spool is closed"));
         }
-        if inner.idx_file.is_none() {
+        self.open_files(inner)
+    }
+
+    /// Creates both files (once) and writes the held output into them.
+    fn open_files(&self, inner: &mut Inner) -> std::io::Result<()> {
+        if inner.removed {
+            return Err(std::io::Error::other("the spool was removed"));
+        }
+        if inner.idx_file.is_none() && !inner.created {
             // A stale file of an unknown earlier Run with this id is emptied.
             let open = |p: &Path| {
                 let f = OpenOptions::new()
@@ -289,9 +336,36 @@ impl Spool {
                 }
                 r => r?,
             };
-            inner.idx_file = Some(open(&self.idx_path)?);
+            let mut idx_file = open(&self.idx_path)?;
+            // Everything so far was held: the index has no marker yet (a
+            // truncation creates the files first).
+            (&data).write_all(&inner.held)?;
+            let records: Vec<u8> = inner
+                .index
+                .iter()
+                .flat_map(|r| r.encode(r.stream.code()))
+                .collect();
+            idx_file.write_all(&records)?;
+            inner.held = Vec::new();
+            inner.idx_file = Some(idx_file);
             inner.data = Some(Arc::new(data));
             inner.created = true;
+        }
+        Ok(())
+    }
+
+    /// Writes held output to the files (creating them); for a finished Run,
+    /// once its result has gone out. The handles are dropped again if the
+    /// log is closed.
+    pub fn persist(&self) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        if inner.held.is_empty() {
+            return Ok(());
+        }
+        self.open_files(&mut inner)?;
+        if self.progress().closed {
+            inner.idx_file = None;
+            inner.data = None;
         }
         Ok(())
     }
@@ -333,19 +407,21 @@ impl Spool {
         let room = usize::try_from(self.cap.saturating_sub(inner.len)).unwrap_or(usize::MAX);
         let new = all_new.slice(..all_new.len().min(room));
         let dropped = (all_new.len() - new.len()) as u64;
-        if !new.is_empty() || dropped > 0 {
+        let hold = !inner.created
+            && dropped == 0
+            && inner.held.len() + new.len() <= HOLD_MAX
+            && !self.progress().closed;
+        if !hold && (!new.is_empty() || dropped > 0) {
             self.create_files(&mut inner)?;
         }
         let inner = &mut *inner;
-        let (Some(data_file), Some(idx_file)) = (inner.data.clone(), inner.idx_file.as_mut())
-        else {
+        if !hold && (inner.data.is_none() || inner.idx_file.is_none()) {
             return Ok(0);
-        };
+        }
         let mut pos = 0;
         while pos < new.len() {
             // Records are at most 4 GiB by construction of `len: u32`.
             let piece = &new[pos..new.len().min(pos + (u32::MAX as usize))];
-            (&*data_file).write_all(piece)?;
             let rec = Record {
                 offset: inner.len,
                 stream_offset: stream_offset.max(have) + pos as u64,
@@ -353,7 +429,13 @@ impl Spool {
                 len: piece.len() as u32,
                 stream,
             };
-            idx_file.write_all(&rec.encode(rec.stream.code()))?;
+            match (inner.data.as_ref(), inner.idx_file.as_mut()) {
+                (Some(data_file), Some(idx_file)) => {
+                    (&**data_file).write_all(piece)?;
+                    idx_file.write_all(&rec.encode(rec.stream.code()))?;
+                }
+                _ => inner.held.extend_from_slice(piece),
+            }
             inner.recent =
                 (piece.len() <= MAX_RECENT).then(|| (inner.len, new.slice(pos..pos + piece.len())));
             inner.len += piece.len() as u64;
@@ -369,7 +451,9 @@ impl Spool {
                     len: 0,
                     stream,
                 };
-                idx_file.write_all(&marker.encode(MARKER))?;
+                if let Some(idx_file) = inner.idx_file.as_mut() {
+                    idx_file.write_all(&marker.encode(MARKER))?;
+                }
                 inner.truncated_at = Some(inner.len);
                 tracing::warn!(
                     cap = self.cap,
@@ -406,14 +490,24 @@ impl Spool {
         self.progress.send_modify(|p| p.closed = true);
     }
 
-    /// The data file to read from: the write handle while the Run runs, a
-    /// read-only handle of its own once the log is closed; `None` before the
-    /// first output and after removal.
-    fn data_file(&self, inner: &Inner) -> std::io::Result<Option<Arc<File>>> {
-        if inner.data.is_some() || !inner.created || inner.removed {
-            return Ok(inner.data.clone());
+    /// Where to read the log from: the held output before the files exist,
+    /// then the data file (the write handle while the Run runs, a read-only
+    /// handle of its own once the log is closed); `None` before the first
+    /// output and after removal.
+    fn source(&self, inner: &Inner) -> std::io::Result<Option<Source>> {
+        if inner.removed {
+            return Ok(None);
         }
-        Ok(Some(Arc::new(File::open(&self.data_path)?)))
+        if let Some(data) = &inner.data {
+            return Ok(Some(Source::File(data.clone())));
+        }
+        if inner.created {
+            return Ok(Some(Source::File(Arc::new(File::open(&self.data_path)?))));
+        }
+        if inner.held.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Source::Held(Bytes::copy_from_slice(&inner.held))))
     }
 
     pub fn progress(&self) -> Progress {
@@ -451,7 +545,7 @@ impl Spool {
                 .filter(|r| only.is_none_or(|s| r.stream == s))
                 .copied()
                 .collect();
-            (records, self.data_file(&inner)?)
+            (records, self.source(&inner)?)
         };
         let Some(data) = data else {
             return Ok(0);
@@ -459,13 +553,12 @@ impl Spool {
         let mut seen = 0u64;
         let mut first_byte = true;
         let mut start = None;
-        let mut buf = vec![0u8; 64 * 1024];
         'records: for r in &records {
             let mut end = r.end();
             while end > r.offset {
-                let n = (end - r.offset).min(buf.len() as u64) as usize;
+                let n = (end - r.offset).min(64 * 1024) as usize;
                 let from = end - n as u64;
-                data.read_exact_at(&mut buf[..n], from)?;
+                let buf = data.read(from, end)?;
                 for i in (0..n).rev() {
                     if buf[i] == b'\n' {
                         // A final newline ends the last line; it does not start one.
@@ -549,18 +642,16 @@ impl Spool {
                 end = idx[j].end();
                 j += 1;
             }
-            let Some(file) = self.data_file(&inner)? else {
+            let Some(source) = self.source(&inner)? else {
                 return Ok((None, offset.max(inner.len)));
             };
-            (first.stream, start, end.min(start + max as u64), file)
+            (first.stream, start, end.min(start + max as u64), source)
         };
-        let mut data = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-        file.read_exact_at(&mut data, start)?;
         Ok((
             Some(Chunk {
                 stream,
                 offset: start,
-                data: data.into(),
+                data: file.read(start, end)?,
             }),
             end,
         ))
@@ -586,6 +677,7 @@ impl Spool {
         inner.removed = true;
         inner.data = None;
         inner.idx_file = None;
+        inner.held = Vec::new();
         inner.recent = None;
         if inner.created {
             let _ = std::fs::remove_file(&self.data_path);
@@ -608,15 +700,22 @@ mod tests {
         s.append(StreamKind::Stderr, 0, Bytes::from_static(b"two\n"))
             .unwrap();
         s.close();
-        {
-            let inner = s.lock();
-            assert!(inner.data.is_none() && inner.idx_file.is_none());
+        // Read while held in memory, then from the file `persist` wrote.
+        for persisted in [false, true] {
+            if persisted {
+                s.persist().unwrap();
+            }
+            {
+                let inner = s.lock();
+                assert!(inner.data.is_none() && inner.idx_file.is_none());
+            }
+            let (c, next) = s.read(0, 1024, None).unwrap();
+            assert_eq!((&c.unwrap().data[..], next), (&b"one\n"[..], 4));
+            let (c, _) = s.read(4, 1024, None).unwrap();
+            assert_eq!(&c.unwrap().data[..], b"two\n");
+            assert_eq!(s.tail_offset(1, Some(StreamKind::Stdout)).unwrap(), 0);
+            assert_eq!(dir.path().join("r1.log").exists(), persisted);
         }
-        let (c, next) = s.read(0, 1024, None).unwrap();
-        assert_eq!((&c.unwrap().data[..], next), (&b"one\n"[..], 4));
-        let (c, _) = s.read(4, 1024, None).unwrap();
-        assert_eq!(&c.unwrap().data[..], b"two\n");
-        assert_eq!(s.tail_offset(1, Some(StreamKind::Stdout)).unwrap(), 0);
         // A late append fails and leaves the log as it was.
         assert!(
             s.append(StreamKind::Stdout, 4, Bytes::from_static(b"late"))
@@ -678,6 +777,10 @@ mod tests {
         let (c, next) = s.read(17, 1 << 20, Some(StreamKind::Stderr)).unwrap();
         assert!(c.is_none());
         assert_eq!(next, 21);
+        assert!(!dir.path().join("r1.log").exists(), "held in memory");
+        s.persist().unwrap();
+        let (c, _) = s.read(3, 4, None).unwrap();
+        assert_eq!(&c.unwrap().data[..], b"lo w");
         assert_eq!(std::fs::read(dir.path().join("r1.log")).unwrap().len(), 21);
         assert_eq!(
             std::fs::read(dir.path().join("r1.idx")).unwrap().len(),
@@ -721,6 +824,7 @@ mod tests {
             .unwrap();
         s.append(StreamKind::Stderr, 0, Bytes::from_static(b"err\n"))
             .unwrap();
+        s.persist().unwrap();
         drop(s);
         // A crash between the data write and its index record, plus a torn
         // index record: both are dropped on open.
@@ -752,7 +856,7 @@ mod tests {
     }
 
     #[test]
-    fn files_come_with_the_first_output_and_usage_is_counted() {
+    fn files_come_with_persisted_output_and_usage_is_counted() {
         let dir = tempfile::tempdir().unwrap();
         let usage = Arc::new(AtomicU64::new(0));
         let quiet = Spool::create(dir.path(), "quiet", 100, usage.clone());
@@ -769,6 +873,7 @@ mod tests {
         let s = Spool::create(dir.path(), "r", 100, usage.clone());
         s.append(StreamKind::Stdout, 0, Bytes::from_static(b"fresh"))
             .unwrap();
+        s.persist().unwrap();
         assert_eq!(std::fs::read(dir.path().join("r.log")).unwrap(), b"fresh");
         s.append(StreamKind::Stderr, 0, Bytes::from_static(b"err"))
             .unwrap();
@@ -780,6 +885,32 @@ mod tests {
         s.remove();
         assert_eq!(usage.load(Ordering::Relaxed), 0);
         assert!(!dir.path().join("r.log").exists() && !dir.path().join("r.idx").exists());
+    }
+
+    #[test]
+    fn output_past_the_hold_goes_to_the_files_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path(), "r", 1 << 20, Default::default());
+        let small = Bytes::from(vec![b'a'; HOLD_MAX - 1]);
+        s.append(StreamKind::Stdout, 0, small).unwrap();
+        assert!(!dir.path().join("r.log").exists());
+        s.append(StreamKind::Stderr, 0, Bytes::from_static(b"xy"))
+            .unwrap();
+        let log = std::fs::read(dir.path().join("r.log")).unwrap();
+        assert_eq!(log.len(), HOLD_MAX + 1);
+        assert_eq!(&log[HOLD_MAX - 1..], b"xy");
+        let idx = std::fs::read(dir.path().join("r.idx")).unwrap();
+        assert_eq!(
+            idx.len(),
+            2 * Record::SIZE,
+            "the held record, then the new one"
+        );
+        // A crash now loses nothing: the files hold it all.
+        drop(s);
+        let r = Spool::open(dir.path(), "r", 1 << 20, false, Default::default()).unwrap();
+        assert_eq!(r.stream_lengths(), (HOLD_MAX as u64 - 1, 2));
+        let (c, _) = r.read(HOLD_MAX as u64 - 1, 10, None).unwrap();
+        assert_eq!(&c.unwrap().data[..], b"xy");
     }
 
     #[test]

@@ -101,3 +101,85 @@ async fn sigkill_mid_run_loses_nothing() {
     assert!(got == want, "spooled bytes differ from seq's output");
     assert!(d.log().contains("adopted"), "{}", d.log());
 }
+
+/// A short Run's first output is held in memory, not yet in the spool
+/// files; a SIGKILL then loses nothing either: the restarted runtimed
+/// re-attaches from offset 0 and the Runtime Server replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_output_held_in_memory_loses_nothing() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let gate = d.dir.path().join("gate");
+    let mut req = sh(&format!(
+        "echo early; echo warn >&2; while [ ! -e '{}' ]; do sleep 0.02; done; echo late",
+        gate.display()
+    ));
+    req.run_id = "held".into();
+    req.detach = true;
+    c.execute(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let r = c
+            .get(pb::GetRequest {
+                run_id: "held".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.log_length == 11 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !d.dir.path().join("spool").join("held.log").exists(),
+        "the first output is held in memory"
+    );
+    drop(c);
+    let dir = d.crash();
+    std::fs::write(dir.path().join("gate"), b"").unwrap();
+    let d = Daemon::start_in(dir, &[]).await;
+    let mut c = d.client();
+    let r = c
+        .wait(pb::WaitRequest {
+            run_id: "held".into(),
+            timeout_ms: 60_000,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()))
+        .into_inner();
+    assert_eq!(r.phase, pb::Phase::Succeeded as i32, "{r:?}\n{}", d.log());
+    // Each stream complete and in order (how the two interleave after a
+    // replay depends on the order the server sends them in).
+    for (stream, want) in [
+        (pb::Stream::Stdout, &b"early\nlate\n"[..]),
+        (pb::Stream::Stderr, &b"warn\n"[..]),
+    ] {
+        let mut s = c
+            .logs(pb::LogsRequest {
+                run_id: "held".into(),
+                stream: stream as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(m) = s.message().await.unwrap() {
+            if let Some(pb::logs_response::Event::Output(o)) = m.event {
+                got.extend_from_slice(&o.data);
+            }
+        }
+        assert_eq!(got, want, "{stream:?}\n{}", d.log());
+    }
+    assert_eq!(read_all(&mut c, "held").await.len(), 16);
+    assert!(d.dir.path().join("spool").join("held.log").exists());
+}
