@@ -395,8 +395,6 @@ impl Registry {
         v
     }
 
-    /// Evicts spools of finished Runs, oldest finished first, until the
-    /// spools of all Runs fit in `budget` bytes. Returns how many.
     /// Keeps at most `max` finished Runs, so that Runs nobody forgets cannot
     /// grow runtimed's memory and disk without bound: called as a Run
     /// finishes (before it counts as finished), it forgets the oldest
@@ -425,6 +423,8 @@ impl Registry {
         excess
     }
 
+    /// Evicts spools of finished Runs, oldest finished first, until the
+    /// spools of all Runs fit in `budget` bytes. Returns how many.
     pub fn enforce_spool_budget(&self, budget: u64) -> usize {
         // The common case, O(1): within budget.
         let mut total = self.spool_usage.load(Ordering::Relaxed);
