@@ -19,10 +19,7 @@ fn expected() -> Vec<u8> {
     v
 }
 
-async fn read_all(
-    c: &mut pb::runtimed_client::RuntimedClient<tonic::transport::Channel>,
-    id: &str,
-) -> Vec<u8> {
+async fn read_all(c: &mut Client, id: &str) -> Vec<u8> {
     let mut s = c
         .logs(pb::LogsRequest {
             run_id: id.into(),
@@ -42,13 +39,12 @@ async fn read_all(
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_run_loses_nothing() {
-    let d = Daemon::start(&[]).await;
-    d.wait_ready("bash").await;
-    let mut c = d.client();
-    let mut req = sh(&format!("seq 1 {LINES}; exit 3"));
-    req.run_id = "durable".into();
+type Client = pb::runtimed_client::RuntimedClient<tonic::transport::Channel>;
+
+/// Starts `script` as a detached Run named `id` (returns once accepted).
+async fn start_detached(c: &mut Client, id: &str, script: &str) {
+    let mut req = sh(script);
+    req.run_id = id.into();
     req.detach = true;
     c.execute(req)
         .await
@@ -57,28 +53,42 @@ async fn sigkill_mid_run_loses_nothing() {
         .message()
         .await
         .unwrap();
+}
 
-    // Kill runtimed once a few MB are spooled, while the Run is mid-output.
+/// Polls Get until `done` says the Run is where the test wants it.
+async fn poll_until(c: &mut Client, id: &str, done: impl Fn(&pb::Run) -> bool) {
     let start = Instant::now();
     loop {
         let r = c
-            .get(pb::GetRequest {
-                run_id: "durable".into(),
-            })
+            .get(pb::GetRequest { run_id: id.into() })
             .await
             .unwrap()
             .into_inner();
+        if done(&r) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    start_detached(&mut c, "durable", &format!("seq 1 {LINES}; exit 3")).await;
+
+    // Kill runtimed once a few MB are spooled, while the Run is mid-output.
+    poll_until(&mut c, "durable", |r| {
         assert_eq!(
             r.phase,
             pb::Phase::Running as i32,
             "the run finished before the crash: {r:?}"
         );
-        if r.log_length > 4 << 20 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        r.log_length > 4 << 20
+    })
+    .await;
     drop(c);
     let dir = d.crash();
 
@@ -111,34 +121,12 @@ async fn sigkill_with_output_held_in_memory_loses_nothing() {
     d.wait_ready("bash").await;
     let mut c = d.client();
     let gate = d.dir.path().join("gate");
-    let mut req = sh(&format!(
+    let script = format!(
         "echo early; echo warn >&2; while [ ! -e '{}' ]; do sleep 0.02; done; echo late",
         gate.display()
-    ));
-    req.run_id = "held".into();
-    req.detach = true;
-    c.execute(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let r = c
-            .get(pb::GetRequest {
-                run_id: "held".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if r.log_length == 11 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{r:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    );
+    start_detached(&mut c, "held", &script).await;
+    poll_until(&mut c, "held", |r| r.log_length == 11).await;
     assert!(
         !d.dir.path().join("spool").join("held.log").exists(),
         "the first output is held in memory"
