@@ -4,7 +4,7 @@
 //! N-byte artifact to a client writing it to disk) vs nginx serving the same
 //! stored file over HTTP on 127.0.0.1 to curl, measured in the same run.
 
-use super::streaming::{ceiling_note, pipe_to_file, rate, raw_pipe};
+use super::streaming::{Ceiling, pipe_to_file, rate, raw_pipe};
 use super::{Context, blocking, progress};
 use crate::client::{command, execute, execute_detached};
 use crate::error::{BenchError, Result};
@@ -39,7 +39,7 @@ pub async fn follow(ctx: &Context) -> Result<Vec<Row>> {
     ));
     let mut client = ctx.daemon.client()?;
     let (mut through, mut raw) = (Samples::default(), Samples::default());
-    let mut to_file = Samples::default();
+    let mut to_file = Ceiling::default();
     let scratch = ctx.daemon.scratch().to_path_buf();
     let arg = bytes.to_string();
     for i in 0..counts.warmup + counts.iterations {
@@ -95,7 +95,7 @@ pub async fn follow(ctx: &Context) -> Result<Vec<Row>> {
             .with_note(format!(
                 "{bytes} bytes and the end marker verified per follow"
             ))
-            .with_note(ceiling_note(&to_file, bytes, b.as_ref())),
+            .with_note(to_file.note(bytes, b.as_ref())),
     ])
 }
 
