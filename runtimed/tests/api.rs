@@ -36,6 +36,24 @@ async fn runs_on_a_multi_threaded_runtimed_too() {
     assert!(workers >= 3, "{workers} tokio threads");
 }
 
+/// The API socket appears only once it listens and is private: it is bound
+/// under a temporary name and renamed into place, which leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_socket_appears_private_and_alone() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let d = Daemon::start(&[]).await;
+    let meta = std::fs::metadata(&d.socket).expect("socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let dir = d.socket.parent().expect("dir");
+    let temp: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(temp.is_empty(), "{temp:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_streams_both_streams_and_the_exit() {
     let d = Daemon::start(&[]).await;

@@ -81,9 +81,11 @@ impl Daemon {
         d
     }
 
+    /// Waits until the API socket accepts connections: the file appears at
+    /// `bind`, a moment before `listen`, when a connect is still refused.
     async fn wait_socket(&self) {
         let start = Instant::now();
-        while !self.socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "runtimed did not start:\n{}",
