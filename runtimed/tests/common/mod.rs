@@ -81,8 +81,9 @@ impl Daemon {
         d
     }
 
-    /// Waits until the API socket accepts connections: the file appears at
-    /// `bind`, a moment before `listen`, when a connect is still refused.
+    /// Waits until the API socket accepts connections: a socket file alone
+    /// does not prove a listener (runtimed before 26813a4 created it at
+    /// `bind`, a moment before `listen`).
     async fn wait_socket(&self) {
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
