@@ -215,17 +215,8 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         });
     }
     if let Some(path) = &cfg.unix_socket {
-        // Bound and made private under a temporary name, then renamed into
-        // place: the path never names a socket that refuses connections
-        // (between bind and listen) or that others may use (before chmod).
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = path.with_file_name(format!(".{name}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let listener = tokio::net::UnixListener::bind(&tmp)
-            .map_err(|e| format!("cannot listen on {}: {e}", tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot put the socket at {}: {e}", path.display()))?;
+        let listener = kruntimes_proto::listen::bind_private_unix(path)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
         tracing::info!(path = %path.display(), "runtimed API listening on unix socket");
         let mut rx = shutdown_rx.clone();
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

@@ -37,7 +37,8 @@ async fn runs_on_a_multi_threaded_runtimed_too() {
 }
 
 /// The API socket appears only once it listens and is private: it is bound
-/// under a temporary name and renamed into place, which leaves nothing behind.
+/// in a private staging directory and renamed into place, which leaves
+/// nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_socket_appears_private_and_alone() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -49,7 +50,10 @@ async fn the_api_socket_appears_private_and_alone() {
     let temp: Vec<_> = std::fs::read_dir(dir)
         .expect("dir")
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".tmp") || name.starts_with(".bind-")
+        })
         .collect();
     assert!(temp.is_empty(), "{temp:?}");
 }

@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kruntimes_proto::runtime::v1::runtime_server_server::RuntimeServerServer;
-use nix::sys::stat::{Mode, umask};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
@@ -128,7 +127,8 @@ async fn run(config: Config) -> Result<(), ServeError> {
     let mut socket_path = None;
     let mut server = match &config.listen {
         ListenAddr::Unix(path) => {
-            let listener = bind_unix(path)?;
+            let listener = kruntimes_proto::listen::bind_private_unix(path)
+                .map_err(|e| ServeError::Listen(e.to_string()))?;
             socket_path = Some(path.clone());
             tracing::info!(socket = %path.display(), workspace = %execs.workspace().root().display(), "serving");
             tokio::spawn(
@@ -200,42 +200,6 @@ fn find_bash(configured: Option<&Path>) -> PathBuf {
             PathBuf::from("bash")
         }
     }
-}
-
-/// Binds a Unix socket readable only by this user, replacing a stale socket
-/// file but never a live socket or another kind of file.
-fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(ServeError::Listen(format!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            )));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServeError::Listen(format!(
-                "another server is listening on {}",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path)
-            .map_err(io_err(format!("removing stale socket {}", path.display())))?;
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(io_err(format!("creating {}", parent.display())))?;
-    }
-    // The umask makes the socket 0600 from birth, with no window where it is
-    // open to others; nothing else creates files at this point of startup.
-    let old = umask(Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    umask(old);
-    let listener = bound.map_err(io_err(format!("binding {}", path.display())))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err(format!("setting mode 0600 on {}", path.display())))?;
-    Ok(listener)
 }
 
 fn remove_socket(path: Option<&Path>) {
