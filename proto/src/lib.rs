@@ -24,6 +24,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("krun
 
 pub mod address;
 pub mod events;
+pub mod handoff;
 pub mod listen;
 
 /// Converts between `SystemTime` and protobuf timestamps.

@@ -1,9 +1,11 @@
 //! Drives one attempt of a Run on its Runtime Server after Start: reads the
 //! rest of the Start stream (re-attaching from the spooled per-stream offsets
-//! if it breaks), spools every chunk, and turns the Exit into the Run's final
-//! state. A Runtime Server that dies mid-Run ends the Run with a reason
-//! that says so.
+//! if it breaks), spools every chunk, takes over the pipes of streams the
+//! server hands off (see `drain`), and turns the Exit into the Run's final
+//! state once all output is in. A Runtime Server that dies mid-Run ends the
+//! Run with a reason that says so.
 
+use crate::drain::{DrainEnd, drain};
 use crate::metrics::{Metrics, ResultLabels, RuntimeLabels};
 use crate::run::{Outcome, Phase, Run};
 use crate::runtime_server::RuntimeServer;
@@ -14,7 +16,8 @@ use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1 as rpb;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::task::JoinHandle;
 use tonic::Code;
 
 /// How long runtimed keeps trying to re-attach to an execution whose server
@@ -43,6 +46,46 @@ pub struct Attempt {
     /// The Start stream after `started`; `None` to Attach right away (a Run
     /// recovered after a restart).
     pub events: Option<Events>,
+}
+
+/// The drains of handed-off streams (stdout, stderr). Dropping this drops
+/// `exited`'s sender, which stops them (within a poll tick): an attempt that
+/// ends without waiting for them leaves nothing behind.
+struct Drains {
+    tasks: [Option<JoinHandle<DrainEnd>>; 2],
+    exited: watch::Sender<bool>,
+}
+
+impl Drains {
+    fn new() -> Self {
+        Self {
+            tasks: [None, None],
+            exited: watch::Sender::new(false),
+        }
+    }
+
+    /// After the Exit: waits until every taken pipe reached EOF (bounded by
+    /// the drains themselves) and says what the Run's result must mention.
+    async fn finish(&mut self) -> Result<Vec<String>, String> {
+        self.exited.send_replace(true);
+        let mut notes = Vec::new();
+        for (i, name) in [(0, "stdout"), (1, "stderr")] {
+            let Some(task) = self.tasks[i].take() else {
+                continue;
+            };
+            match task.await {
+                Ok(DrainEnd::Eof) => {}
+                Ok(DrainEnd::Abandoned) => notes.push(format!(
+                    "{name} was held open by a process outside the group, later output was not read"
+                )),
+                Ok(DrainEnd::Failed(e)) => {
+                    return Err(format!("spooling the Run's {name} failed: {e}"));
+                }
+                Err(e) => return Err(format!("spooling the Run's {name} failed: {e}")),
+            }
+        }
+        Ok(notes)
+    }
 }
 
 /// Maps a Runtime Server Exit to the Run's phase, exit fields and message.
@@ -182,6 +225,7 @@ impl Attempt {
         let id = self.run.id.clone();
         let mut lost_since: Option<SystemTime> = None;
         let mut pause = Duration::from_millis(20);
+        let mut drains = Drains::new();
         loop {
             let attached = match self.events.take() {
                 Some(events) => Ok(events),
@@ -215,7 +259,37 @@ impl Attempt {
                                     return Err(reason);
                                 }
                             }
-                            Some(rpb::execution_event::Event::Exited(e)) => return Ok(e),
+                            Some(rpb::execution_event::Event::Handoff(h)) => {
+                                let (i, kind) = match rpb::Stream::try_from(h.stream) {
+                                    Ok(rpb::Stream::Stderr) => (1, StreamKind::Stderr),
+                                    _ => (0, StreamKind::Stdout),
+                                };
+                                // A re-Attach repeats the Handoff of a pipe
+                                // already being drained.
+                                if drains.tasks[i].is_none() {
+                                    tracing::info!(
+                                        run = %id, stream = ?kind, offset = h.offset,
+                                        "runtime server handed off a fast output stream; draining its pipe into the spool"
+                                    );
+                                    match self.take_over(kind, &drains).await {
+                                        Ok(task) => drains.tasks[i] = Some(task),
+                                        Err(reason) => {
+                                            self.cancel_execution().await;
+                                            return Err(reason);
+                                        }
+                                    }
+                                }
+                            }
+                            Some(rpb::execution_event::Event::Exited(mut e)) => {
+                                for note in drains.finish().await? {
+                                    e.message = if e.message.is_empty() {
+                                        note
+                                    } else {
+                                        format!("{}; {note}", e.message)
+                                    };
+                                }
+                                return Ok(e);
+                            }
                             // Batches come unpacked.
                             Some(
                                 rpb::execution_event::Event::Started(_)
@@ -262,6 +336,43 @@ impl Attempt {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Takes the handed-off pipe of `kind` from the server and starts
+    /// draining it into the spool.
+    async fn take_over(
+        &self,
+        kind: StreamKind,
+        drains: &Drains,
+    ) -> Result<JoinHandle<DrainEnd>, String> {
+        let (stream, name) = match kind {
+            StreamKind::Stdout => (rpb::Stream::Stdout, "stdout"),
+            StreamKind::Stderr => (rpb::Stream::Stderr, "stderr"),
+        };
+        let Some(socket) = self.server.health().handoff_socket else {
+            return Err(format!(
+                "runtime server {} handed off the Run's {name} but offers no handoff socket",
+                self.server.name
+            ));
+        };
+        let fd = kruntimes_proto::handoff::take(&socket, &self.run.id, stream)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot take over the Run's {name} from runtime server {}: {e}",
+                    self.server.name
+                )
+            })?;
+        self.metrics
+            .output_handoffs
+            .get_or_create(&RuntimeLabels {
+                runtime: self.server.name.clone(),
+            })
+            .inc();
+        let (run, exited) = (Arc::clone(&self.run), drains.exited.subscribe());
+        Ok(tokio::task::spawn_blocking(move || {
+            drain(run, kind, fd, exited)
+        }))
     }
 
     async fn cancel_execution(&self) {

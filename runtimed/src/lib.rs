@@ -6,6 +6,7 @@
 pub mod attempt;
 pub mod collect;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod follow;
 pub mod metrics;

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub runs_finished: Family<ResultLabels, Counter>,
     pub run_duration: Family<RuntimeLabels, Histogram>,
     pub runs_active: Gauge,
+    pub output_handoffs: Family<RuntimeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,12 +56,19 @@ impl Default for Metrics {
             run_duration.clone(),
         );
         registry.register("runs_active", "Runs currently running", runs_active.clone());
+        let output_handoffs = Family::<RuntimeLabels, Counter>::default();
+        registry.register(
+            "output_handoffs",
+            "Output streams of fast writers taken over from a Runtime Server (read from the pipe into the spool), by runtime",
+            output_handoffs.clone(),
+        );
         Metrics {
             registry,
             runs_started,
             runs_finished,
             run_duration,
             runs_active,
+            output_handoffs,
         }
     }
 }

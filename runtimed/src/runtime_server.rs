@@ -23,6 +23,9 @@ pub struct Health {
     pub generation: u64,
     /// Workspace root the server reported in its handshake.
     pub workspace_root: String,
+    /// Where to take handed-off output pipes; only for a server reached
+    /// through a Unix socket (so on this host) that offers one.
+    pub handoff_socket: Option<std::path::PathBuf>,
 }
 
 pub struct RuntimeServer {
@@ -42,6 +45,7 @@ impl RuntimeServer {
             reason: format!("no handshake yet with the runtime server at {address}"),
             generation: 0,
             workspace_root: String::new(),
+            handoff_socket: None,
         })
         .0;
         Ok(RuntimeServer {
@@ -104,6 +108,12 @@ impl RuntimeServer {
                     h.ready = true;
                     h.reason.clear();
                     h.workspace_root = r.workspace_root;
+                    h.handoff_socket = match &self.address {
+                        Address::Unix(_) if !r.handoff_socket.is_empty() => {
+                            Some(r.handoff_socket.into())
+                        }
+                        _ => None,
+                    };
                 }
                 Ok(r) => {
                     h.ready = false;

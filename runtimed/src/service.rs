@@ -172,6 +172,7 @@ impl State {
             working_dir: req.working_dir.clone(),
             timeout_ms: req.timeout_ms,
             grace_period_ms: grace,
+            output_handoff: health.handoff_socket.is_some(),
         };
         let mut client = server.client();
         let (started, events) = match start_execution(&mut client, start).await {

@@ -19,6 +19,16 @@
 //! re-attaches to the Runtime Server from the per-stream offsets the index
 //! records (the server replays what it still buffers).
 //!
+//! Output handed off by the Runtime Server (a fast writer's pipe, see
+//! `drain`) is moved from the pipe into the data file with `splice(2)`: the
+//! bytes leave the pipe exactly when they enter the file, so a SIGKILL
+//! cannot lose any. Its index record is written *before* the splice, for
+//! the bytes the pipe holds; after a crash in between, [`Spool::open`]
+//! shortens that last record to the data that did arrive (the rest is still
+//! in the pipe, read again after re-attaching). The copy itself runs without
+//! the lock readers take (only the writer lock that orders all appends), so
+//! followers keep reading while fresh page-cache pages are filled.
+//!
 //! A per-Run cap bounds the log: bytes past it are dropped and counted, and a
 //! zero-length marker record at the cap says where (followers get an in-band
 //! Truncated event there).
@@ -135,6 +145,9 @@ struct Inner {
     /// readers open the data file when they need it) or removed.
     idx_file: Option<File>,
     data: Option<Arc<File>>,
+    /// A write handle on the data file without `O_APPEND` (which `splice`
+    /// refuses), opened by the first splice.
+    splice_target: Option<Arc<File>>,
     /// Whether the files exist (created when output outgrows `held`, by
     /// `persist`, or found after a restart).
     created: bool,
@@ -157,6 +170,9 @@ pub struct Spool {
     data_path: PathBuf,
     idx_path: PathBuf,
     cap: u64,
+    /// Held by whoever appends (messages or splices) for the whole append;
+    /// taken before `inner`.
+    writer: Mutex<()>,
     inner: Mutex<Inner>,
     progress: watch::Sender<Progress>,
     evicted: std::sync::atomic::AtomicBool,
@@ -213,10 +229,12 @@ impl Spool {
             data_path: dir.join(format!("{run_id}.log")),
             idx_path: dir.join(format!("{run_id}.idx")),
             cap,
+            writer: Mutex::new(()),
             inner: Mutex::new(Inner {
                 index: Vec::new(),
                 idx_file: None,
                 data: None,
+                splice_target: None,
                 created: false,
                 held: Vec::new(),
                 removed: false,
@@ -262,8 +280,26 @@ impl Spool {
         let (mut len, mut stdout_len, mut stderr_len) = (0u64, 0u64, 0u64);
         let mut truncated_at = None;
         let mut kept = 0usize;
-        for b in raw.chunks_exact(Record::SIZE) {
+        let records = raw.chunks_exact(Record::SIZE).count();
+        // The last record may have been written for a splice that moved
+        // fewer bytes (or none) before the crash: it keeps what arrived.
+        let mut shortened = None;
+        for (n, b) in raw.chunks_exact(Record::SIZE).enumerate() {
             match Record::decode(b) {
+                Ok(Some(mut r)) if r.offset == len && r.end() > data_len && n + 1 == records => {
+                    if data_len > r.offset {
+                        r.len = u32::try_from(data_len - r.offset).unwrap_or(0);
+                        shortened = Some(r);
+                        len = r.end();
+                        let end = r.stream_offset + u64::from(r.len);
+                        match r.stream {
+                            StreamKind::Stdout => stdout_len = stdout_len.max(end),
+                            StreamKind::Stderr => stderr_len = stderr_len.max(end),
+                        }
+                        index.push(r);
+                    }
+                    break;
+                }
                 Ok(Some(r)) if r.offset == len && r.end() <= data_len => {
                     len = r.end();
                     let end = r.stream_offset + u64::from(r.len);
@@ -279,6 +315,9 @@ impl Spool {
             kept += Record::SIZE;
         }
         idx_file.set_len(kept as u64)?;
+        if let Some(r) = shortened {
+            (&idx_file).write_all(&r.encode(r.stream.code()))?;
+        }
         data.set_len(len)?;
         {
             let mut inner = spool.lock();
@@ -370,6 +409,10 @@ impl Spool {
         Ok(())
     }
 
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the index inconsistent
         // with itself (pushes are last), so a poisoned lock is still usable.
@@ -385,6 +428,7 @@ impl Spool {
         stream_offset: u64,
         data: Bytes,
     ) -> std::io::Result<usize> {
+        let _writer = self.writer();
         let mut inner = self.lock();
         let have = match stream {
             StreamKind::Stdout => inner.stdout_len,
@@ -474,6 +518,109 @@ impl Spool {
         Ok(new.len())
     }
 
+    /// Whether the per-Run cap is reached: further output is dropped.
+    pub fn at_cap(&self) -> bool {
+        self.lock().len >= self.cap
+    }
+
+    /// Moves up to `want` bytes of `stream` from `pipe` (which holds at
+    /// least that many; nobody else reads it) to the end of the log, at the
+    /// stream's current length. The index record goes first (see the module
+    /// doc). Returns the bytes moved; `want` is cut to the cap (use
+    /// [`Spool::append`] for what is dropped past it).
+    pub fn splice_from(
+        &self,
+        stream: StreamKind,
+        pipe: std::os::fd::BorrowedFd<'_>,
+        want: usize,
+    ) -> std::io::Result<usize> {
+        use nix::fcntl::{SpliceFFlags, splice};
+        // Writers one at a time; readers only wait for `inner`, which is not
+        // held during the copy itself (the slow part: fresh page-cache pages).
+        let _writer = self.writer();
+        let (mut rec, idx_at, target) = {
+            let mut inner = self.lock();
+            let room = usize::try_from(self.cap.saturating_sub(inner.len)).unwrap_or(usize::MAX);
+            let want = want.min(room).min(u32::MAX as usize);
+            if want == 0 {
+                return Ok(0);
+            }
+            self.create_files(&mut inner)?;
+            let inner = &mut *inner;
+            if inner.splice_target.is_none() {
+                let f = OpenOptions::new().write(true).open(&self.data_path)?;
+                inner.splice_target = Some(Arc::new(f));
+            }
+            let (Some(idx_file), Some(target)) =
+                (inner.idx_file.as_mut(), inner.splice_target.clone())
+            else {
+                return Err(std::io::Error::other("the spool is closed"));
+            };
+            let rec = Record {
+                offset: inner.len,
+                stream_offset: match stream {
+                    StreamKind::Stdout => inner.stdout_len,
+                    StreamKind::Stderr => inner.stderr_len,
+                },
+                time_us: now_us(),
+                len: want as u32,
+                stream,
+            };
+            let idx_at = idx_file.metadata()?.len();
+            idx_file.write_all(&rec.encode(rec.stream.code()))?;
+            (rec, idx_at, target)
+        };
+        let want = rec.len as usize;
+        let mut moved = 0usize;
+        let mut failed = None;
+        while moved < want {
+            let mut at = i64::try_from(rec.offset + moved as u64).unwrap_or(i64::MAX);
+            match splice(
+                pipe,
+                None,
+                &*target,
+                Some(&mut at),
+                want - moved,
+                SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+            ) {
+                Ok(0) => break,
+                Ok(n) => moved += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    failed = Some(std::io::Error::from(e));
+                    break;
+                }
+            }
+        }
+        let mut inner = self.lock();
+        if moved < want {
+            // The record said more than arrived: say what did.
+            if let Some(idx_file) = inner.idx_file.as_mut() {
+                idx_file.set_len(idx_at)?;
+                if moved > 0 {
+                    rec.len = moved as u32;
+                    idx_file.write_all(&rec.encode(rec.stream.code()))?;
+                }
+            }
+        }
+        if moved > 0 {
+            inner.recent = None;
+            inner.len += moved as u64;
+            inner.index.push(rec);
+            match stream {
+                StreamKind::Stdout => inner.stdout_len += moved as u64,
+                StreamKind::Stderr => inner.stderr_len += moved as u64,
+            }
+            let len = inner.len;
+            self.usage.fetch_add(moved as u64, Ordering::Relaxed);
+            self.progress.send_modify(|p| p.len = len);
+        }
+        match failed {
+            Some(e) if moved == 0 => Err(e),
+            _ => Ok(moved),
+        }
+    }
+
     /// Marks the log complete: followers end once they have read it all.
     /// Drops the write handles, so that finished Runs hold no descriptors,
     /// and keeps the last record in memory only if it is small.
@@ -481,6 +628,7 @@ impl Spool {
         let mut inner = self.lock();
         inner.idx_file = None;
         inner.data = None;
+        inner.splice_target = None;
         // A copy: the slice may share a much larger receive buffer.
         inner.recent = inner
             .recent
@@ -677,6 +825,7 @@ impl Spool {
         inner.removed = true;
         inner.data = None;
         inner.idx_file = None;
+        inner.splice_target = None;
         inner.held = Vec::new();
         inner.recent = None;
         if inner.created {
@@ -933,5 +1082,91 @@ mod tests {
         assert_eq!(s.tail_offset(0, None).unwrap(), 11);
         assert_eq!(s.offset_since(0), 0);
         assert_eq!(s.offset_since(u64::MAX), 11);
+    }
+
+    /// Bytes spliced from a pipe land in the log under one record each, at
+    /// the stream's offset, after output that came as messages; past the
+    /// cap, `splice_from` moves nothing.
+    #[test]
+    fn splice_appends_from_a_pipe() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path(), "r", 20, Default::default());
+        s.append(StreamKind::Stdout, 0, Bytes::from_static(b"msg\n"))
+            .unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        w.write_all(b"from the pipe\n").unwrap();
+        assert_eq!(
+            s.splice_from(StreamKind::Stdout, r.as_fd(), 14).unwrap(),
+            14
+        );
+        assert_eq!(s.stream_lengths(), (18, 0));
+        let (c, next) = s.read(0, 100, None).unwrap();
+        assert_eq!(&c.unwrap().data[..], b"msg\nfrom the pipe\n");
+        assert_eq!(next, 18);
+        w.write_all(b"0123456789").unwrap();
+        assert_eq!(
+            s.splice_from(StreamKind::Stdout, r.as_fd(), 10).unwrap(),
+            2,
+            "cut to the cap"
+        );
+        assert!(s.at_cap());
+        assert_eq!(s.splice_from(StreamKind::Stdout, r.as_fd(), 8).unwrap(), 0);
+        drop(s);
+        let o = Spool::open(dir.path(), "r", 20, false, Default::default()).unwrap();
+        assert_eq!(o.stream_lengths(), (20, 0));
+    }
+
+    /// A crash between a splice's index record and its data: after a
+    /// restart the record keeps only the bytes that reached the file (the
+    /// rest is still in the pipe), or goes if none did.
+    #[test]
+    fn a_record_written_ahead_of_its_splice_is_cut_to_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path(), "r", 1 << 20, Default::default());
+        s.append(StreamKind::Stdout, 0, Bytes::from(vec![b'a'; HOLD_MAX + 6]))
+            .unwrap();
+        drop(s);
+        let ahead = |spliced: &[u8]| {
+            let rec = Record {
+                offset: HOLD_MAX as u64 + 6,
+                stream_offset: HOLD_MAX as u64 + 6,
+                time_us: 1,
+                len: 100,
+                stream: StreamKind::Stdout,
+            };
+            let mut idx = OpenOptions::new()
+                .append(true)
+                .open(dir.path().join("r.idx"))
+                .unwrap();
+            idx.write_all(&rec.encode(1)).unwrap();
+            let mut log = OpenOptions::new()
+                .append(true)
+                .open(dir.path().join("r.log"))
+                .unwrap();
+            log.write_all(spliced).unwrap();
+        };
+        ahead(b"");
+        let o = Spool::open(dir.path(), "r", 1 << 20, false, Default::default()).unwrap();
+        assert_eq!(
+            o.stream_lengths(),
+            (HOLD_MAX as u64 + 6, 0),
+            "a record without data goes"
+        );
+        drop(o);
+        ahead(b"partial");
+        let o = Spool::open(dir.path(), "r", 1 << 20, false, Default::default()).unwrap();
+        assert_eq!(o.stream_lengths(), (HOLD_MAX as u64 + 13, 0));
+        let (c, _) = o.read(HOLD_MAX as u64 + 6, 100, None).unwrap();
+        assert_eq!(&c.unwrap().data[..], b"partial");
+        drop(o);
+        // The shortened record was written back: a second restart agrees.
+        let o = Spool::open(dir.path(), "r", 1 << 20, false, Default::default()).unwrap();
+        assert_eq!(o.stream_lengths(), (HOLD_MAX as u64 + 13, 0));
+        assert_eq!(
+            std::fs::metadata(dir.path().join("r.idx")).unwrap().len(),
+            2 * Record::SIZE as u64
+        );
     }
 }

@@ -106,6 +106,73 @@ async fn log_cap_truncates_with_a_marker_and_says_so() {
     assert_eq!(marks.len(), 1);
 }
 
+/// The cap holds for a handed-off pipe too: a fast writer (1 MiB writes)
+/// is taken over from the bash server after 4 MiB, and runtimed, draining
+/// the pipe itself, keeps exactly the first 6 MiB and counts the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_cap_holds_for_a_handed_off_pipe() {
+    const CAP: u64 = 6 << 20;
+    let d = Daemon::start(&["--log-cap-bytes", &CAP.to_string()]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    // 7 million lines are 54.9 MB.
+    let out = execute(
+        &mut c,
+        sh("seq 1 7000000 | dd bs=1M iflag=fullblock status=none"),
+    )
+    .await;
+    let full = seq(7_000_000);
+    assert!(
+        out.combined == full[..CAP as usize],
+        "{}",
+        out.combined.len()
+    );
+    assert_eq!(out.truncated.expect("truncation marker").offset, CAP);
+    let run = out.run.unwrap();
+    assert_eq!(run.phase, pb::Phase::Succeeded as i32, "{}", run.message);
+    assert!(run.log_truncated);
+    assert_eq!(run.log_dropped_bytes, full.len() as u64 - CAP);
+    assert!(d.log().contains("handed off"), "{}", d.log());
+}
+
+/// A process that escapes the group keeps a handed-off pipe open after the
+/// Run's exit: runtimed stops waiting for EOF after its bounded wait, keeps
+/// what it read, and the Run's message says why later output is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escaped_process_holding_a_handed_off_pipe_is_bounded() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    // 8 MiB in 1 MiB writes (handed off), then a process in a session of
+    // its own keeps stdout open for 30 s after the leader exits.
+    let out = execute(
+        &mut c,
+        sh(
+            "head -c 8388608 /dev/zero | dd bs=1M iflag=fullblock status=none; \
+            setsid sh -c 'touch left; exec sleep 30' & \
+            while [ ! -e left ]; do sleep 0.01; done; echo $! >&2",
+        ),
+    )
+    .await;
+    // The escaped sleep is ours to end.
+    if let Ok(pid) = String::from_utf8_lossy(&out.stderr).trim().parse::<i32>() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let run = out.run.unwrap();
+    assert_eq!(run.phase, pb::Phase::Succeeded as i32, "{}", run.message);
+    assert_eq!(out.stdout.len(), 8 << 20);
+    assert!(
+        run.message.contains("stdout was held open"),
+        "{}\n{}",
+        run.message,
+        d.log()
+    );
+    assert!(d.log().contains("handed off"), "{}", d.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_budget_evicts_oldest_finished_first() {
     let d = Daemon::start(&["--spool-budget-bytes", "100000"]).await;

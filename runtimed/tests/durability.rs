@@ -93,12 +93,31 @@ async fn restart_and_wait(dir: tempfile::TempDir, id: &str) -> (Daemon, Client, 
     (d, c, r)
 }
 
+/// `seq` writes in 4 KiB pieces: its output reaches runtimed through the
+/// Runtime Server's messages, or (when the server falls behind and reads
+/// large chunks) partly through a handoff; either way nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_loses_nothing() {
+    sigkill_mid_run(&format!("seq 1 {LINES}; exit 3"), 4 << 20, false).await;
+}
+
+/// The same with a fast writer (1 MiB writes): the server hands stdout off
+/// and runtimed splices the pipe into the spool; the crash hits mid-drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_draining_a_handed_off_pipe_loses_nothing() {
+    sigkill_mid_run(
+        &format!("seq 1 {LINES} | dd bs=1M iflag=fullblock status=none; exit 3"),
+        12 << 20,
+        true,
+    )
+    .await;
+}
+
+async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool) {
     let d = Daemon::start(&[]).await;
     d.wait_ready("bash").await;
     let mut c = d.client();
-    start_detached(&mut c, "durable", &format!("seq 1 {LINES}; exit 3")).await;
+    start_detached(&mut c, "durable", script).await;
 
     // Kill runtimed once a few MB are spooled, while the Run is mid-output.
     poll_until(&mut c, "durable", |r| {
@@ -107,11 +126,18 @@ async fn sigkill_mid_run_loses_nothing() {
             pb::Phase::Running as i32,
             "the run finished before the crash: {r:?}"
         );
-        r.log_length > 4 << 20
+        r.log_length > kill_after
     })
     .await;
     drop(c);
+    let before = d.log();
     let dir = d.crash();
+    if handoff {
+        assert!(
+            before.contains("handed off"),
+            "no handoff before the crash\n{before}"
+        );
+    }
 
     let (d, mut c, r) = restart_and_wait(dir, "durable").await;
     assert_eq!(r.phase, pb::Phase::Failed as i32, "{r:?}\n{}", d.log());
@@ -122,6 +148,9 @@ async fn sigkill_mid_run_loses_nothing() {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "spooled bytes differ from seq's output");
     assert!(d.log().contains("adopted"), "{}", d.log());
+    if handoff {
+        assert!(d.log().contains("handed off"), "{}", d.log());
+    }
 }
 
 /// A short Run's first output is held in memory, not yet in the spool

@@ -50,6 +50,8 @@ async fn through(c: &mut Client, argv: &[&str]) -> Res<(Duration, u64, u64)> {
                 msgs += 1;
             }
             execution_event::Event::Exited(_) => break,
+            // Not asked for (`output_handoff` is off).
+            execution_event::Event::Handoff(_) => return Err("unexpected Handoff".into()),
             // `Events` unpacks batches.
             execution_event::Event::Started(_) | execution_event::Event::Batch(_) => {}
         }

@@ -15,14 +15,14 @@ use futures::Stream;
 use kruntimes_proto::runtime::v1::{ExecutionEvent, execution_event};
 use tonic::Status;
 
-use crate::execution::{Execution, Next};
+use crate::execution::{Execution, Next, ReaderState};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ExecutionEvent, Status>> + Send>>;
 
 struct Reader {
     exec: Arc<Execution>,
     generation: u64,
-    prefer_stderr: bool,
+    state: ReaderState,
     /// Sent before anything else (`started` on a Start stream).
     first: Option<ExecutionEvent>,
     done: bool,
@@ -33,7 +33,7 @@ pub fn stream(exec: Arc<Execution>, generation: u64, first: Option<ExecutionEven
     let reader = Reader {
         exec,
         generation,
-        prefer_stderr: false,
+        state: ReaderState::default(),
         first,
         done: false,
     };
@@ -55,10 +55,7 @@ impl Reader {
             let notified = self.exec.changed().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self
-                .exec
-                .next_event(self.generation, &mut self.prefer_stderr)
-            {
+            match self.exec.next_event(self.generation, &mut self.state) {
                 Next::Event(ev) => return Ok(ev),
                 Next::Exited(exit) => {
                     self.done = true;

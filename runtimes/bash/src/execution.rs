@@ -1,11 +1,14 @@
-//! One execution: identity, the two bounded output streams, the current Attach,
-//! cancel orders and the final Exit. Shared by the pumps (writers of output),
-//! the supervisor (exit, cancel) and Attach streams (readers).
+//! One execution: identity, the two bounded output streams (or the pipe a
+//! stream was handed off with), the current Attach, cancel orders and the
+//! final Exit. Shared by the pumps (writers of output), the supervisor (exit,
+//! cancel), Attach streams (readers) and the handoff socket.
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use kruntimes_proto::runtime::v1::{
-    ExecutionEvent, ExecutionState, ExecutionStatus, Exit, OutputChunk, Stream, execution_event,
+    ExecutionEvent, ExecutionState, ExecutionStatus, Exit, Handoff, OutputChunk, Stream,
+    execution_event,
 };
 use kruntimes_proto::time::to_timestamp;
 use tokio::sync::{Notify, watch};
@@ -24,6 +27,13 @@ pub enum Which {
 }
 
 impl Which {
+    fn index(self) -> usize {
+        match self {
+            Which::Stdout => 0,
+            Which::Stderr => 1,
+        }
+    }
+
     fn proto(self) -> Stream {
         match self {
             Which::Stdout => Stream::Stdout,
@@ -38,6 +48,14 @@ pub struct CancelOrder {
     pub kill_at: Instant,
     pub grace: Duration,
     pub timed_out: bool,
+}
+
+/// A reader's own progress: which stream it serves first next time, and
+/// whether it was told of each stream's handoff.
+#[derive(Debug, Default)]
+pub struct ReaderState {
+    prefer_stderr: bool,
+    handoff_sent: [bool; 2],
 }
 
 /// What an Attach stream should do next.
@@ -57,6 +75,9 @@ struct State {
     /// Generation of the current reader (the Start stream is generation
     /// [`START_GENERATION`], each Attach the next); older ones end.
     attach_gen: u64,
+    /// Per stream: the pipe's read end once handed off, and the offset from
+    /// which the client reads it itself. Kept until Forget, for re-Attaches.
+    handoffs: [Option<(u64, OwnedFd)>; 2],
     /// Set once the leader exited: a Cancel after that has nothing to stop.
     leader_exited: bool,
     exit: Option<Exit>,
@@ -78,6 +99,8 @@ pub struct Execution {
     pub started: Instant,
     /// Grace for timeout and shutdown; a Cancel brings its own.
     pub grace: Duration,
+    /// Whether the client takes over fast output pipes.
+    pub handoff: bool,
     state: Mutex<State>,
     /// Woken on every change of `state` (output, room, exit, attach).
     changed: Notify,
@@ -92,6 +115,7 @@ impl Execution {
         started: Instant,
         grace: Duration,
         buffer: usize,
+        handoff: bool,
     ) -> Self {
         Self {
             id,
@@ -99,9 +123,11 @@ impl Execution {
             started_at,
             started,
             grace,
+            handoff,
             state: Mutex::new(State {
                 stdout: StreamBuffer::new(buffer),
                 stderr: StreamBuffer::new(buffer),
+                handoffs: [None, None],
                 attach_gen: START_GENERATION,
                 leader_exited: false,
                 exit: None,
@@ -182,6 +208,14 @@ impl Execution {
     /// Returns the new Attach's generation.
     pub fn attach(&self, stdout_offset: u64, stderr_offset: u64) -> Result<u64, RuntimeError> {
         let mut s = self.lock();
+        // Past a handoff the client has read the pipe itself: nothing of
+        // that stream is left to replay.
+        let clamp = |s: &State, which: Which, offset: u64| match &s.handoffs[which.index()] {
+            Some((at, _)) => offset.min(*at),
+            None => offset,
+        };
+        let stdout_offset = clamp(&s, Which::Stdout, stdout_offset);
+        let stderr_offset = clamp(&s, Which::Stderr, stderr_offset);
         // Check both before moving either cursor.
         let check = |field: &'static str, b: &StreamBuffer, offset: u64| {
             b.check_offset(offset)
@@ -215,20 +249,21 @@ impl Execution {
 
     /// The next event for the Attach of generation `generation`: a chunk of
     /// everything available on one stream (alternating when both have data),
-    /// or the exit once all output was handed out.
-    pub fn next_event(&self, generation: u64, prefer_stderr: &mut bool) -> Next {
+    /// a stream's handoff once its chunks before it went out, or the exit
+    /// once all output was handed out.
+    pub fn next_event(&self, generation: u64, reader: &mut ReaderState) -> Next {
         let mut s = self.lock();
         if s.attach_gen != generation {
             return Next::Superseded;
         }
-        let order = if *prefer_stderr {
+        let order = if reader.prefer_stderr {
             [Which::Stderr, Which::Stdout]
         } else {
             [Which::Stdout, Which::Stderr]
         };
         for which in order {
             if let Some((offset, data)) = s.stream(which).next_chunk(MAX_CHUNK_BYTES) {
-                *prefer_stderr = which == Which::Stdout;
+                reader.prefer_stderr = which == Which::Stdout;
                 drop(s);
                 // The cursor moved: the pump may read again.
                 self.wake();
@@ -241,12 +276,39 @@ impl Execution {
                 });
             }
         }
+        for which in order {
+            let i = which.index();
+            let drained = s.stream(which).is_drained();
+            if let Some((offset, _)) = &s.handoffs[i]
+                && !reader.handoff_sent[i]
+                && drained
+            {
+                reader.handoff_sent[i] = true;
+                return Next::Event(ExecutionEvent {
+                    event: Some(execution_event::Event::Handoff(Handoff {
+                        stream: which.proto() as i32,
+                        offset: *offset,
+                    })),
+                });
+            }
+        }
+        let told = |w: Which| s.handoffs[w.index()].is_none() || reader.handoff_sent[w.index()];
         match &s.exit {
-            Some(exit) if s.stdout.is_drained() && s.stderr.is_drained() => {
+            Some(exit)
+                if s.stdout.is_drained()
+                    && s.stderr.is_drained()
+                    && told(Which::Stdout)
+                    && told(Which::Stderr) =>
+            {
                 Next::Exited(exit.clone())
             }
             _ => Next::Pending,
         }
+    }
+
+    /// Bytes of `which` produced so far.
+    pub fn produced(&self, which: Which) -> u64 {
+        self.lock().stream(which).end()
     }
 
     /// Bytes the pump of `which` may read now.
@@ -257,6 +319,29 @@ impl Execution {
     pub fn push(&self, which: Which, data: bytes::Bytes) {
         self.lock().stream(which).push(data);
         self.wake();
+    }
+
+    /// The pump stops reading `which`: from the bytes produced so far on,
+    /// the client reads `fd` itself.
+    pub fn hand_off(&self, which: Which, fd: OwnedFd) {
+        let mut s = self.lock();
+        let at = s.stream(which).end();
+        s.stream(which).set_eof();
+        s.handoffs[which.index()] = Some((at, fd));
+        drop(s);
+        self.wake();
+    }
+
+    /// A duplicate of the handed-off read end of `which`, for the client.
+    pub fn handoff_fd(&self, which: Which) -> Result<OwnedFd, String> {
+        let s = self.lock();
+        match &s.handoffs[which.index()] {
+            Some((_, fd)) => kruntimes_proto::handoff::duplicate(fd.as_fd()),
+            None => Err(format!(
+                "{which:?} of execution {:?} was not handed off",
+                self.id
+            )),
+        }
     }
 
     pub fn set_eof(&self, which: Which) {

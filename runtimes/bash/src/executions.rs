@@ -3,12 +3,14 @@
 //! `max_executions` running, at most `max_retained` known until Forgotten.
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use kruntimes_proto::handoff;
 use kruntimes_proto::runtime::v1::{
-    ExecutionEvent, ExecutionStatus, StartRequest, Started, execution_event,
+    ExecutionEvent, ExecutionStatus, StartRequest, Started, Stream, execution_event,
 };
 use kruntimes_proto::time::to_timestamp;
 use tokio::sync::{Notify, watch};
@@ -44,6 +46,8 @@ pub struct Executions {
     workspace: Arc<Workspace>,
     bash: PathBuf,
     limits: Limits,
+    /// Where clients take handed-off output pipes; `None`: never hand off.
+    handoff_socket: Option<PathBuf>,
     table: Mutex<Table>,
     /// Woken whenever an execution finishes.
     finished: Notify,
@@ -70,12 +74,14 @@ impl Executions {
         workspace: Arc<Workspace>,
         bash: PathBuf,
         limits: Limits,
+        handoff_socket: Option<PathBuf>,
     ) -> Self {
         Self {
             reaper,
             workspace,
             bash,
             limits,
+            handoff_socket,
             table: Mutex::new(Table::default()),
             finished: Notify::new(),
         }
@@ -95,6 +101,20 @@ impl Executions {
 
     pub fn bash(&self) -> &std::path::Path {
         &self.bash
+    }
+
+    pub fn handoff_socket(&self) -> Option<&std::path::Path> {
+        self.handoff_socket.as_deref()
+    }
+
+    /// Answers the handoff socket: a duplicate of a handed-off read end.
+    pub fn handoff_fd(&self, req: &handoff::Request) -> Result<OwnedFd, String> {
+        let exec = self.get(&req.execution_id).map_err(|e| e.to_string())?;
+        let which = match req.stream {
+            Stream::Stderr => Which::Stderr,
+            _ => Which::Stdout,
+        };
+        exec.handoff_fd(which)
     }
 
     pub fn max_running(&self) -> usize {
@@ -192,6 +212,7 @@ impl Executions {
             Instant::now(),
             spec.grace,
             self.limits.buffer_bytes,
+            spec.output_handoff && self.handoff_socket.is_some(),
         ));
         let (leader_done, leader_rx) = watch::channel(false);
         let stdout = tokio::spawn(pump(

@@ -33,6 +33,10 @@ pub async fn handshake(execs: &Executions) -> HandshakeResponse {
         message,
         workspace_root: execs.workspace().root().display().to_string(),
         max_executions: u32::try_from(execs.max_running()).unwrap_or(u32::MAX),
+        handoff_socket: execs
+            .handoff_socket()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     }
 }
 

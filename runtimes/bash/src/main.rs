@@ -109,7 +109,19 @@ async fn run(config: Config) -> Result<(), ServeError> {
         max_retained: usize::try_from(config.max_retained).unwrap_or(usize::MAX),
         buffer_bytes: usize::try_from(config.buffer_bytes).unwrap_or(usize::MAX),
     };
-    let execs = Arc::new(Executions::new(reaper, Arc::new(workspace), bash, limits));
+    // Output pipes can only be handed to a client on this host: one that
+    // reaches us through a Unix socket.
+    let handoff_socket = match &config.listen {
+        ListenAddr::Unix(path) => Some(handoff_path(path)),
+        ListenAddr::Tcp(_) => None,
+    };
+    let execs = Arc::new(Executions::new(
+        reaper,
+        Arc::new(workspace),
+        bash,
+        limits,
+        handoff_socket.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RuntimeServerServer<Service>>().await;
@@ -130,6 +142,11 @@ async fn run(config: Config) -> Result<(), ServeError> {
             let listener = kruntimes_proto::listen::bind_private_unix(path)
                 .map_err(|e| ServeError::Listen(e.to_string()))?;
             socket_path = Some(path.clone());
+            if let Some(h) = &handoff_socket {
+                let listener = kruntimes_proto::listen::bind_private_unix(h)
+                    .map_err(|e| ServeError::Listen(e.to_string()))?;
+                tokio::spawn(serve_handoffs(listener, Arc::clone(&execs)));
+            }
             tracing::info!(socket = %path.display(), workspace = %execs.workspace().root().display(), "serving");
             tokio::spawn(
                 router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop),
@@ -160,6 +177,7 @@ async fn run(config: Config) -> Result<(), ServeError> {
     };
     if let Some(r) = early {
         remove_socket(socket_path.as_deref());
+        remove_socket(handoff_socket.as_deref());
         return match r {
             Ok(r) => r.map_err(ServeError::from),
             Err(e) => Err(ServeError::Listen(format!("server task failed: {e}"))),
@@ -182,6 +200,7 @@ async fn run(config: Config) -> Result<(), ServeError> {
         server.abort();
     }
     remove_socket(socket_path.as_deref());
+    remove_socket(handoff_socket.as_deref());
     tracing::info!("stopped");
     Ok(())
 }
@@ -198,6 +217,35 @@ fn find_bash(configured: Option<&Path>) -> PathBuf {
         Err(e) => {
             tracing::warn!(error = %e, "bash not found; Scripts cannot run");
             PathBuf::from("bash")
+        }
+    }
+}
+
+/// The handoff socket beside the gRPC socket `path`: `<path>.handoff`.
+fn handoff_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".handoff");
+    PathBuf::from(name)
+}
+
+/// Answers handoff requests, one task per connection.
+async fn serve_handoffs(listener: tokio::net::UnixListener, execs: Arc<Executions>) {
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                let execs = Arc::clone(&execs);
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        kruntimes_proto::handoff::answer(conn, |r| execs.handoff_fd(r)).await
+                    {
+                        tracing::warn!(error = %e, "handoff request failed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting on the handoff socket failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }

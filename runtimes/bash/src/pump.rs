@@ -13,6 +13,13 @@
 //! Exit are not delayed). A pipe that fills its default size is enlarged once
 //! to [`BIG_PIPE_BYTES`] (best effort), so a fast writer is read in large
 //! chunks. Bytes go from the read buffer to the messages without copies.
+//!
+//! Handoff: when the client allows it, a stream that has produced
+//! [`HANDOFF_AFTER`] bytes and still fills large reads is handed to the
+//! client (see `Handoff` in the protocol): the pump stops and the pipe's
+//! read end goes to the execution, from which the client takes it. A fast,
+//! plentiful writer's bytes then go from the pipe to the client's spool
+//! without passing through this server; short and chatty Runs stay here.
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +48,10 @@ const DEFAULT_PIPE_BYTES: usize = 64 * 1024;
 /// Capacity a full pipe is enlarged to (bounded by the kernel's
 /// pipe-max-size and per-user pipe limits; failure keeps the default).
 const BIG_PIPE_BYTES: libc::c_int = 1024 * 1024;
+/// Bytes a stream produces through the server before it may be handed off.
+pub const HANDOFF_AFTER: u64 = 4 * 1024 * 1024;
+/// A read at least this large shows a writer fast enough to hand off.
+const HANDOFF_READ: usize = 256 * 1024;
 /// After the leader exited and its group was killed, how long a pipe may stay
 /// silent before it is considered held open by an escaped process.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,6 +60,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PumpEnd {
     Eof,
+    /// The client reads the pipe from now on.
+    HandedOff,
     /// Stopped reading: the pipe stayed open after the process group was gone
     /// (an escaped process holds it), or reading failed.
     Abandoned,
@@ -63,7 +76,11 @@ pub async fn pump(
     leader_done: watch::Receiver<bool>,
 ) -> PumpEnd {
     let end = run(&exec, which, &fd, leader_done).await;
-    exec.set_eof(which);
+    if end == PumpEnd::HandedOff {
+        exec.hand_off(which, fd);
+    } else {
+        exec.set_eof(which);
+    }
     end
 }
 
@@ -96,6 +113,9 @@ async fn run(
                     alloc = (alloc * 2).min(READ_BYTES);
                 }
                 exec.push(which, buf.split().freeze());
+                if exec.handoff && n >= HANDOFF_READ && exec.produced(which) >= HANDOFF_AFTER {
+                    return PumpEnd::HandedOff;
+                }
                 if !enlarged && n >= DEFAULT_PIPE_BYTES {
                     enlarged = true;
                     enlarge(fd);

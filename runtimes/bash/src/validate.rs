@@ -84,6 +84,8 @@ pub struct StartSpec {
     pub working_dir: PathBuf,
     pub timeout: Option<Duration>,
     pub grace: Duration,
+    /// The client takes over fast output pipes (see `Handoff`).
+    pub output_handoff: bool,
 }
 
 /// `execution_id`: 1..128 bytes of `[A-Za-z0-9._-]`, not starting with '.'.
@@ -229,6 +231,7 @@ pub fn start_request(req: StartRequest) -> Result<StartSpec, InvalidArgument> {
         working_dir,
         timeout,
         grace,
+        output_handoff: req.output_handoff,
     })
 }
 

@@ -1,7 +1,8 @@
 //! The client side used by the checks: connecting over a Unix socket or TCP,
 //! building requests, and reading an Attach stream while checking the
 //! invariants every stream must keep (contiguous per-stream offsets, valid
-//! stream tags, nothing after Exited, final lengths matching what was sent).
+//! stream tags, nothing after Exited, final lengths matching what was sent),
+//! and taking over handed-off output pipes when a reader allows it.
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +12,8 @@ use hyper_util::rt::TokioIo;
 use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1::runtime_server_client::RuntimeServerClient;
 use kruntimes_proto::runtime::v1::{
-    AttachRequest, Command, ExecutionEvent, Exit, StartRequest, Started, Stream, execution_event,
-    exit, start_request,
+    AttachRequest, Command, ExecutionEvent, Exit, Handoff, StartRequest, Started, Stream,
+    execution_event, exit, start_request,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
@@ -200,6 +201,9 @@ impl Collected {
     }
 }
 
+/// The task reading a taken pipe to EOF.
+type PipeReader = tokio::task::JoinHandle<std::io::Result<Vec<u8>>>;
+
 /// Reads one Attach stream, checking the invariants as it goes.
 pub struct AttachReader {
     pub id: String,
@@ -211,6 +215,14 @@ pub struct AttachReader {
     next_err: u64,
     pub messages: usize,
     pub exit: Option<Exit>,
+    /// The handoff socket, when this reader takes over output pipes (a
+    /// Start with `output_handoff`); a Handoff event is a violation otherwise.
+    handoff_socket: Option<PathBuf>,
+    /// Per stream (stdout, stderr): the Handoff's offset and the task
+    /// reading the taken pipe to EOF.
+    taken: [Option<(u64, PipeReader)>; 2],
+    /// Handoff events received (one per stream).
+    pub handoffs: usize,
 }
 
 impl AttachReader {
@@ -239,7 +251,96 @@ impl AttachReader {
             next_err: stderr_offset,
             messages: 0,
             exit: None,
+            handoff_socket: None,
+            taken: [None, None],
+            handoffs: 0,
         }
+    }
+
+    /// Takes over handed-off pipes from the server's handoff socket.
+    pub fn with_handoff(mut self, socket: PathBuf) -> Self {
+        self.handoff_socket = Some(socket);
+        self
+    }
+
+    /// A Handoff: checks it follows every chunk before it, takes the pipe
+    /// and reads it to EOF in the background.
+    async fn take_over(&mut self, h: Handoff) -> Result<(), Failure> {
+        let id = self.id.clone();
+        let Some(socket) = self.handoff_socket.clone() else {
+            return Err(Failure::Violation(format!(
+                "{id}: Handoff event without output_handoff in the Start: {h:?}"
+            )));
+        };
+        let (i, next, name, stream) = match Stream::try_from(h.stream) {
+            Ok(Stream::Stdout) => (0, self.next_out, "stdout", Stream::Stdout),
+            Ok(Stream::Stderr) => (1, self.next_err, "stderr", Stream::Stderr),
+            _ => {
+                return Err(Failure::Violation(format!(
+                    "{id}: Handoff with invalid stream tag {}",
+                    h.stream
+                )));
+            }
+        };
+        ensure!(
+            self.taken[i].is_none(),
+            "{id}: a second Handoff of {name} on one stream"
+        );
+        ensure!(
+            h.offset <= next,
+            "{id}: {name} Handoff at offset {} but only {next} bytes were delivered before it",
+            h.offset
+        );
+        let fd = kruntimes_proto::handoff::take(&socket, &id, stream)
+            .await
+            .map_err(|e| Failure::Violation(format!("{id}: {e}")))?;
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = std::fs::File::from(fd);
+            let mut out = Vec::new();
+            loop {
+                match file.read_to_end(&mut out) {
+                    Ok(_) => return Ok(out),
+                    // The server's descriptor is non-blocking.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        self.handoffs += 1;
+        self.taken[i] = Some((h.offset, reader));
+        Ok(())
+    }
+
+    /// Appends what the taken pipes held to what the chunks delivered.
+    async fn join_taken(&mut self) -> Result<(), Failure> {
+        for i in 0..2 {
+            let Some((_, reader)) = self.taken[i].take() else {
+                continue;
+            };
+            let data = tokio::time::timeout(STEP_TIMEOUT, reader)
+                .await
+                .map_err(|_| {
+                    Failure::Violation(format!(
+                        "{}: a handed-off pipe did not reach EOF within {STEP_TIMEOUT:?}",
+                        self.id
+                    ))
+                })?
+                .map_err(|e| Failure::Setup(format!("pipe reader task: {e}")))?
+                .map_err(|e| {
+                    Failure::Violation(format!("{}: reading a handed-off pipe: {e}", self.id))
+                })?;
+            let (buf, next) = if i == 0 {
+                (&mut self.stdout, &mut self.next_out)
+            } else {
+                (&mut self.stderr, &mut self.next_err)
+            };
+            *next += data.len() as u64;
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
     }
 
     /// Receives one event; false when the exit was received (stream checked
@@ -284,15 +385,28 @@ impl AttachReader {
                 buf.extend_from_slice(&chunk.data);
                 Ok(true)
             }
+            Some(execution_event::Event::Handoff(h)) => {
+                self.take_over(h).await?;
+                Ok(true)
+            }
             Some(execution_event::Event::Exited(exit)) => {
                 ended(&exit)?;
+                // A handed-off stream's length is where the handoff was.
+                let length = |taken: &Option<(u64, _)>, next: u64| {
+                    taken.as_ref().map_or(next, |(at, _)| *at)
+                };
+                let (out_len, err_len) = (
+                    length(&self.taken[0], self.next_out),
+                    length(&self.taken[1], self.next_err),
+                );
+                self.join_taken().await?;
                 ensure!(
-                    exit.stdout_length == self.next_out && exit.stderr_length == self.next_err,
+                    exit.stdout_length == out_len && exit.stderr_length == err_len,
                     "{id}: Exited says stdout/stderr lengths {}/{} but {}/{} bytes were delivered before it",
                     exit.stdout_length,
                     exit.stderr_length,
-                    self.next_out,
-                    self.next_err
+                    out_len,
+                    err_len
                 );
                 let after = tokio::time::timeout(STEP_TIMEOUT, self.stream.message())
                     .await
@@ -316,6 +430,59 @@ impl AttachReader {
             None => Err(Failure::Violation(format!(
                 "{id}: ExecutionEvent without event"
             ))),
+        }
+    }
+
+    /// Reads chunks until a stdout Handoff, without taking the pipe;
+    /// returns the Handoff's offset.
+    pub async fn next_handoff(&mut self) -> Result<u64, Failure> {
+        loop {
+            let msg = tokio::time::timeout(STEP_TIMEOUT, self.stream.message())
+                .await
+                .map_err(|_| {
+                    Failure::Violation(format!("{}: no event in {STEP_TIMEOUT:?}", self.id))
+                })?
+                .map_err(Failure::rpc(format!("Start {} stream", self.id)))?;
+            match msg.and_then(|m| m.event) {
+                Some(execution_event::Event::Handoff(h)) if h.stream == Stream::Stdout as i32 => {
+                    ensure!(
+                        h.offset == self.next_out,
+                        "{}: stdout Handoff at {} after {} bytes of chunks",
+                        self.id,
+                        h.offset,
+                        self.next_out
+                    );
+                    return Ok(h.offset);
+                }
+                Some(execution_event::Event::Output(c)) => {
+                    let (buf, next) = if c.stream == Stream::Stderr as i32 {
+                        (&mut self.stderr, &mut self.next_err)
+                    } else {
+                        (&mut self.stdout, &mut self.next_out)
+                    };
+                    ensure!(
+                        c.offset == *next,
+                        "{}: chunk at {} after {}",
+                        self.id,
+                        c.offset,
+                        *next
+                    );
+                    *next += c.data.len() as u64;
+                    buf.extend_from_slice(&c.data);
+                }
+                Some(other) => {
+                    return Err(Failure::Violation(format!(
+                        "{}: expected chunks then a stdout Handoff, got {other:?}",
+                        self.id
+                    )));
+                }
+                None => {
+                    return Err(Failure::Violation(format!(
+                        "{}: stream ended without a Handoff",
+                        self.id
+                    )));
+                }
+            }
         }
     }
 

@@ -45,6 +45,8 @@ conformance! {
     binary_output_is_byte_exact => checks::output::binary_output;
     output_of_100_mib_is_complete => checks::output::large_output;
     chatty_output_is_coalesced => checks::output::chatty_output_coalesced;
+    fast_output_is_handed_off_complete => checks::handoff::fast_writer_handed_off;
+    handoff_survives_reattach => checks::handoff::handoff_survives_reattach;
     attach_resumes_from_offsets => checks::attach::attach_resume;
     attach_to_evicted_offset_is_out_of_range => checks::attach::attach_out_of_range;
     new_attach_replaces_previous => checks::attach::attach_replaces_previous;

@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod concurrency;
 pub mod env;
 pub mod exit;
+pub mod handoff;
 pub mod handshake;
 pub mod lifecycle;
 pub mod output;
