@@ -109,8 +109,11 @@ fn drain_into(
             let n = n.min(MAX_SPLICE);
             if spool.at_cap() {
                 discard(spool, stream, fd, n)?;
-            } else {
-                spool.splice_from(stream, fd.as_fd(), n)?;
+            } else if spool.splice_from(stream, fd.as_fd(), n)? == 0 {
+                // Never spin on a pipe that says it holds bytes but gives none.
+                return Err(std::io::Error::other(format!(
+                    "the pipe holds {n} bytes but splice moved none"
+                )));
             }
             last_bytes = Instant::now();
             if n < SMALL && !done {
