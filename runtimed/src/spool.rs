@@ -285,32 +285,32 @@ impl Spool {
         // fewer bytes (or none) before the crash: it keeps what arrived.
         let mut shortened = None;
         for (n, b) in raw.chunks_exact(Record::SIZE).enumerate() {
-            match Record::decode(b) {
-                Ok(Some(mut r)) if r.offset == len && r.end() > data_len && n + 1 == records => {
-                    if data_len > r.offset {
-                        r.len = u32::try_from(data_len - r.offset).unwrap_or(0);
-                        shortened = Some(r);
-                        len = r.end();
-                        let end = r.stream_offset + u64::from(r.len);
-                        match r.stream {
-                            StreamKind::Stdout => stdout_len = stdout_len.max(end),
-                            StreamKind::Stderr => stderr_len = stderr_len.max(end),
-                        }
-                        index.push(r);
-                    }
+            let mut r = match Record::decode(b) {
+                Ok(Some(r)) if r.offset == len => r,
+                Ok(None) => {
+                    truncated_at = Some(len);
+                    kept += Record::SIZE;
+                    continue;
+                }
+                _ => break,
+            };
+            if r.end() > data_len {
+                if n + 1 < records || data_len <= r.offset {
                     break;
                 }
-                Ok(Some(r)) if r.offset == len && r.end() <= data_len => {
-                    len = r.end();
-                    let end = r.stream_offset + u64::from(r.len);
-                    match r.stream {
-                        StreamKind::Stdout => stdout_len = stdout_len.max(end),
-                        StreamKind::Stderr => stderr_len = stderr_len.max(end),
-                    }
-                    index.push(r);
-                }
-                Ok(None) => truncated_at = Some(len),
-                _ => break,
+                r.len = u32::try_from(data_len - r.offset).unwrap_or(0);
+                shortened = Some(r);
+            }
+            len = r.end();
+            let end = r.stream_offset + u64::from(r.len);
+            match r.stream {
+                StreamKind::Stdout => stdout_len = stdout_len.max(end),
+                StreamKind::Stderr => stderr_len = stderr_len.max(end),
+            }
+            index.push(r);
+            if shortened.is_some() {
+                // Written back below, after the records before it.
+                break;
             }
             kept += Record::SIZE;
         }
