@@ -25,8 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Most bytes moved by one splice.
-const MAX_SPLICE: usize = 1 << 20;
+/// Most bytes moved by one splice. A splice holds the pipe's lock while it
+/// copies (the writer waits) and followers hear of bytes only after it:
+/// 256 KiB moved more than 1 MiB did (interleaved, follow ~855 vs ~585 MB/s).
+const MAX_SPLICE: usize = 256 << 10;
 /// Splices smaller than this mean a slow or chatty writer: pause.
 const SMALL: usize = 16 * 1024;
 /// The pause after a small splice while the process runs.
