@@ -88,6 +88,14 @@ impl Drains {
     }
 }
 
+/// The spool stream of a Runtime Server stream tag (stdout unless stderr).
+fn stream_kind(tag: i32) -> StreamKind {
+    match rpb::Stream::try_from(tag) {
+        Ok(rpb::Stream::Stderr) => StreamKind::Stderr,
+        _ => StreamKind::Stdout,
+    }
+}
+
 /// Maps a Runtime Server Exit to the Run's phase, exit fields and message.
 pub fn outcome(e: &rpb::Exit, timeout_ms: u64) -> (Phase, Option<i32>, Option<i32>, String) {
     let (code, signal) = match e.status {
@@ -249,10 +257,7 @@ impl Attempt {
                             Some(rpb::execution_event::Event::Output(c)) => {
                                 lost_since = None;
                                 pause = Duration::from_millis(20);
-                                let kind = match rpb::Stream::try_from(c.stream) {
-                                    Ok(rpb::Stream::Stderr) => StreamKind::Stderr,
-                                    _ => StreamKind::Stdout,
-                                };
+                                let kind = stream_kind(c.stream);
                                 if let Err(e) = self.run.spool.append(kind, c.offset, c.data) {
                                     let reason = format!("writing the log spool failed: {e}");
                                     self.cancel_execution().await;
@@ -260,10 +265,8 @@ impl Attempt {
                                 }
                             }
                             Some(rpb::execution_event::Event::Handoff(h)) => {
-                                let (i, kind) = match rpb::Stream::try_from(h.stream) {
-                                    Ok(rpb::Stream::Stderr) => (1, StreamKind::Stderr),
-                                    _ => (0, StreamKind::Stdout),
-                                };
+                                let kind = stream_kind(h.stream);
+                                let i = usize::from(kind == StreamKind::Stderr);
                                 // A re-Attach repeats the Handoff of a pipe
                                 // already being drained.
                                 if drains.tasks[i].is_none() {

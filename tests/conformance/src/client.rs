@@ -12,8 +12,8 @@ use hyper_util::rt::TokioIo;
 use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1::runtime_server_client::RuntimeServerClient;
 use kruntimes_proto::runtime::v1::{
-    AttachRequest, Command, ExecutionEvent, Exit, Handoff, StartRequest, Started, Stream,
-    execution_event, exit, start_request,
+    AttachRequest, Command, ExecutionEvent, Exit, Handoff, OutputChunk, StartRequest, Started,
+    Stream, execution_event, exit, start_request,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
@@ -343,46 +343,60 @@ impl AttachReader {
         Ok(())
     }
 
+    /// The next event, bounded by [`STEP_TIMEOUT`]; a stream that ends is a
+    /// violation (every stream must end with Exited).
+    async fn receive(&mut self) -> Result<Option<execution_event::Event>, Failure> {
+        let id = &self.id;
+        let msg = tokio::time::timeout(STEP_TIMEOUT, self.stream.message())
+            .await
+            .map_err(|_| Failure::Violation(format!("{id}: no Attach event in {STEP_TIMEOUT:?}")))?
+            .map_err(Failure::rpc(format!("Attach {id} stream")))?;
+        match msg {
+            Some(ev) => Ok(ev.event),
+            None => Err(Failure::Violation(format!(
+                "{id}: Attach stream ended without an Exited event"
+            ))),
+        }
+    }
+
+    /// Appends one chunk, checking its tag and that it continues its stream.
+    fn take_chunk(&mut self, chunk: OutputChunk) -> Result<(), Failure> {
+        let id = &self.id;
+        self.messages += 1;
+        let (buf, next, name) = match Stream::try_from(chunk.stream) {
+            Ok(Stream::Stdout) => (&mut self.stdout, &mut self.next_out, "stdout"),
+            Ok(Stream::Stderr) => (&mut self.stderr, &mut self.next_err, "stderr"),
+            _ => {
+                return Err(Failure::Violation(format!(
+                    "{id}: OutputChunk with invalid stream tag {}",
+                    chunk.stream
+                )));
+            }
+        };
+        ensure!(
+            chunk.offset == *next,
+            "{id}: {name} chunk at offset {} but {} bytes were delivered before it (gap, overlap or reordering)",
+            chunk.offset,
+            *next
+        );
+        ensure!(
+            !chunk.data.is_empty(),
+            "{id}: empty {name} OutputChunk at offset {}",
+            chunk.offset
+        );
+        *next += chunk.data.len() as u64;
+        buf.extend_from_slice(&chunk.data);
+        Ok(())
+    }
+
     /// Receives one event; false when the exit was received (stream checked
     /// to end right after it).
     pub async fn step(&mut self) -> Result<bool, Failure> {
         let id = self.id.clone();
         ensure!(self.exit.is_none(), "{id}: reading past Exited");
-        let msg = tokio::time::timeout(STEP_TIMEOUT, self.stream.message())
-            .await
-            .map_err(|_| Failure::Violation(format!("{id}: no Attach event in {STEP_TIMEOUT:?}")))?
-            .map_err(Failure::rpc(format!("Attach {id} stream")))?;
-        let Some(ev) = msg else {
-            return Err(Failure::Violation(format!(
-                "{id}: Attach stream ended without an Exited event"
-            )));
-        };
-        match ev.event {
+        match self.receive().await? {
             Some(execution_event::Event::Output(chunk)) => {
-                self.messages += 1;
-                let (buf, next, name) = match Stream::try_from(chunk.stream) {
-                    Ok(Stream::Stdout) => (&mut self.stdout, &mut self.next_out, "stdout"),
-                    Ok(Stream::Stderr) => (&mut self.stderr, &mut self.next_err, "stderr"),
-                    _ => {
-                        return Err(Failure::Violation(format!(
-                            "{id}: OutputChunk with invalid stream tag {}",
-                            chunk.stream
-                        )));
-                    }
-                };
-                ensure!(
-                    chunk.offset == *next,
-                    "{id}: {name} chunk at offset {} but {} bytes were delivered before it (gap, overlap or reordering)",
-                    chunk.offset,
-                    *next
-                );
-                ensure!(
-                    !chunk.data.is_empty(),
-                    "{id}: empty {name} OutputChunk at offset {}",
-                    chunk.offset
-                );
-                *next += chunk.data.len() as u64;
-                buf.extend_from_slice(&chunk.data);
+                self.take_chunk(chunk)?;
                 Ok(true)
             }
             Some(execution_event::Event::Handoff(h)) => {
@@ -437,13 +451,7 @@ impl AttachReader {
     /// returns the Handoff's offset.
     pub async fn next_handoff(&mut self) -> Result<u64, Failure> {
         loop {
-            let msg = tokio::time::timeout(STEP_TIMEOUT, self.stream.message())
-                .await
-                .map_err(|_| {
-                    Failure::Violation(format!("{}: no event in {STEP_TIMEOUT:?}", self.id))
-                })?
-                .map_err(Failure::rpc(format!("Start {} stream", self.id)))?;
-            match msg.and_then(|m| m.event) {
+            match self.receive().await? {
                 Some(execution_event::Event::Handoff(h)) if h.stream == Stream::Stdout as i32 => {
                     ensure!(
                         h.offset == self.next_out,
@@ -454,31 +462,10 @@ impl AttachReader {
                     );
                     return Ok(h.offset);
                 }
-                Some(execution_event::Event::Output(c)) => {
-                    let (buf, next) = if c.stream == Stream::Stderr as i32 {
-                        (&mut self.stderr, &mut self.next_err)
-                    } else {
-                        (&mut self.stdout, &mut self.next_out)
-                    };
-                    ensure!(
-                        c.offset == *next,
-                        "{}: chunk at {} after {}",
-                        self.id,
-                        c.offset,
-                        *next
-                    );
-                    *next += c.data.len() as u64;
-                    buf.extend_from_slice(&c.data);
-                }
-                Some(other) => {
+                Some(execution_event::Event::Output(chunk)) => self.take_chunk(chunk)?,
+                other => {
                     return Err(Failure::Violation(format!(
                         "{}: expected chunks then a stdout Handoff, got {other:?}",
-                        self.id
-                    )));
-                }
-                None => {
-                    return Err(Failure::Violation(format!(
-                        "{}: stream ended without a Handoff",
                         self.id
                     )));
                 }
