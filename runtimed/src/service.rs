@@ -201,14 +201,17 @@ impl State {
             })
             .inc();
         self.metrics.runs_active.inc();
-        tracing::info!(run = %id, runtime = %server.name, pid = started.pid, "run started");
         let mut attempt =
             self.attempt(run.clone(), server.clone(), health.generation, Some(permit));
         attempt.events = Some(events);
         let span = tracing::info_span!("run", run = %id, runtime = %server.name);
+        let pid = started.pid;
         tokio::spawn(
             async move {
-                // Saved once it runs, off the path to the caller's answer.
+                // Logged and saved once the caller has its answer: the yield
+                // lets the connection send it first.
+                tokio::task::yield_now().await;
+                tracing::info!(pid, "run started");
                 attempt.run.save();
                 attempt.drive().await
             }
@@ -345,19 +348,20 @@ impl Runtimed for Service {
         let accepted = event(Event::Accepted(pb::Accepted {
             run: Some(run.to_proto()),
         }));
-        let detach = req.detach;
+        // Queued before the response exists, so the HTTP/2 layer sends the
+        // headers and both events in one write: one wake-up of the client
+        // instead of two (the channel is new and has room for both).
+        let _ = tx.try_send(Ok(accepted));
+        if req.detach {
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        let st = run.state();
+        let started = event(Event::Started(pb::Started {
+            pid: st.pid,
+            started_at: st.started_at.map(kruntimes_proto::time::to_timestamp),
+        }));
+        let _ = tx.try_send(Ok(started));
         tokio::spawn(async move {
-            if tx.send(Ok(accepted)).await.is_err() || detach {
-                return;
-            }
-            let st = run.state();
-            let started = event(Event::Started(pb::Started {
-                pid: st.pid,
-                started_at: st.started_at.map(kruntimes_proto::time::to_timestamp),
-            }));
-            if tx.send(Ok(started)).await.is_err() {
-                return;
-            }
             let wrap = |i| match i {
                 Item::Output(o) => event(Event::Output(o)),
                 Item::Truncated(t) => event(Event::Truncated(t)),
