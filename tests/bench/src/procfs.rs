@@ -32,6 +32,21 @@ pub fn cpu_ms(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 * 10.0)
 }
 
+/// CPU time the hypervisor ran something else while this VM's vCPUs had
+/// work ("steal" in /proc/stat), in ms summed over all CPUs. Wall-clock
+/// figures measured while it grows are slowed by the host, not by us.
+pub fn steal_ms() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    steal_ms_of(&s)
+}
+
+fn steal_ms_of(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks as f64 * 10.0)
+}
+
 /// Load averages (1, 5, 15 min) from /proc/loadavg.
 pub fn loadavg() -> Option<[f64; 3]> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -176,6 +191,9 @@ mod tests {
         }
         assert!(after - before >= 50.0, "{before} -> {after}");
         assert!(loadavg().is_some());
+        assert!(steal_ms().is_some());
+        let stat = "cpu  232852 0 47268 200840 3029 0 772 4257 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(steal_ms_of(stat), Some(42570.0));
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub fn progress(msg: impl AsRef<str>) {
 pub struct CpuMeter {
     /// (process, pid, CPU ms at the start)
     procs: Vec<(&'static str, u32, Option<f64>)>,
+    /// Host steal at the start, and when.
+    steal: Option<f64>,
+    since: std::time::Instant,
 }
 
 impl CpuMeter {
@@ -122,7 +125,11 @@ impl CpuMeter {
             .into_iter()
             .filter_map(|(name, pid)| pid.map(|p| (name, p, cpu_ms(p))))
             .collect();
-        CpuMeter { procs }
+        CpuMeter {
+            procs,
+            steal: crate::procfs::steal_ms(),
+            since: std::time::Instant::now(),
+        }
     }
 
     /// "CPU per Run (...): runtimed X ms, bash server Y ms" over `runs` Runs.
@@ -137,10 +144,21 @@ impl CpuMeter {
                 _ => format!("{name} unknown"),
             })
             .collect();
-        format!(
+        let mut note = format!(
             "CPU per Run (avg of {runs}, 10 ms ticks): {}",
             parts.join(", ")
-        )
+        );
+        if let (Some(a), Some(b)) = (self.steal, crate::procfs::steal_ms()) {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let wall_ms = self.since.elapsed().as_secs_f64() * 1000.0 * cpus as f64;
+            if wall_ms > 0.0 {
+                note.push_str(&format!(
+                    "; the host took {:.1}% of the CPUs' time meanwhile (steal)",
+                    (b - a) / wall_ms * 100.0
+                ));
+            }
+        }
+        note
     }
 }
 
