@@ -11,6 +11,7 @@ mod handshake;
 mod output;
 mod pump;
 mod reaper;
+mod sched;
 mod service;
 mod spawn;
 mod supervisor;
@@ -69,6 +70,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    // This thread runs the runtime when it has one thread; the runtime's
+    // other threads ask for themselves (a new thread starts from the default).
+    sched::request_short_slice();
     // One thread by default: the work is I/O bound and small per event,
     // and on the few cores a Runtime Pod has, wake-ups handed between worker
     // threads cost more than they save (measured: about 8 context switches
@@ -80,7 +84,11 @@ fn main() -> ExitCode {
         b.worker_threads(config.worker_threads as usize);
         b
     };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match builder
+        .enable_all()
+        .on_thread_start(sched::request_short_slice)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
