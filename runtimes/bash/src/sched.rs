@@ -44,7 +44,9 @@ fn set_short_slice() -> std::io::Result<()> {
     }
     attr.size = size as u32;
     attr.sched_runtime = SLICE_NS;
-    attr.sched_flags |= libc::SCHED_FLAG_RESET_ON_FORK as u64;
+    // Only this flag: others reported back (utilisation clamps) would need
+    // fields beyond this first version of the struct.
+    attr.sched_flags = libc::SCHED_FLAG_RESET_ON_FORK as u64;
     // SAFETY: `attr` is initialised and `size` bytes long.
     let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };
     if r != 0 {
