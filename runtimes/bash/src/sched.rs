@@ -9,7 +9,7 @@
 //! end. A slice of 0.1 ms (EEVDF's custom slice, Linux 6.12 and later; no
 //! privilege needed) gives the woken server an earlier deadline, so it runs
 //! first, for the fraction of a millisecond it needs. Measured: bash Run
-//! 1.38-1.47x vs 1.50-1.51x spawn+wait, interleaved (docs/benchmarks.md).
+//! 1.38-1.47x vs 1.47-1.51x spawn+wait, interleaved (docs/benchmarks.md).
 //!
 //! Only the server's threads: `SCHED_FLAG_RESET_ON_FORK` gives every process
 //! it spawns the default slice back, so Runs are scheduled as before. The
