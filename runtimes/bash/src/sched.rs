@@ -27,7 +27,8 @@ pub fn request_short_slice() {
     }
 }
 
-fn set_short_slice() -> std::io::Result<()> {
+/// The calling thread's scheduling attributes.
+fn current_attr() -> std::io::Result<libc::sched_attr> {
     let size = std::mem::size_of::<libc::sched_attr>();
     // SAFETY: sched_attr is plain data; all-zero is a valid value.
     let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
@@ -36,18 +37,23 @@ fn set_short_slice() -> std::io::Result<()> {
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(attr)
+}
+
+fn set_short_slice() -> std::io::Result<()> {
+    let mut attr = current_attr()?;
     if !matches!(
         attr.sched_policy as i32,
         libc::SCHED_OTHER | libc::SCHED_BATCH
     ) {
         return Ok(()); // real-time or idle: the operator chose; leave it.
     }
-    attr.size = size as u32;
+    attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
     attr.sched_runtime = SLICE_NS;
     // Only this flag: others reported back (utilisation clamps) would need
     // fields beyond this first version of the struct.
     attr.sched_flags = libc::SCHED_FLAG_RESET_ON_FORK as u64;
-    // SAFETY: `attr` is initialised and `size` bytes long.
+    // SAFETY: `attr` is initialised and `attr.size` bytes long.
     let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
@@ -60,13 +66,7 @@ mod tests {
     use super::*;
 
     fn attr_of_this_thread() -> libc::sched_attr {
-        let size = std::mem::size_of::<libc::sched_attr>();
-        // SAFETY: as in set_short_slice.
-        let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: as in set_short_slice.
-        let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) };
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        attr
+        current_attr().expect("sched_getattr")
     }
 
     fn slice_of(sched: &str) -> Option<u64> {
