@@ -17,6 +17,7 @@ pub mod run;
 pub mod runtime_server;
 pub mod server;
 pub mod service;
+pub mod shelf;
 pub mod spool;
 pub mod supervisor;
 pub mod validate;

@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::records::{Records, RunRecord};
+use crate::shelf::Shelf;
 use crate::spool::Spool;
 use kruntimes_proto::runtimed::v1 as pb;
 use kruntimes_proto::time::to_timestamp;
@@ -345,8 +346,10 @@ impl Run {
 #[derive(Default)]
 pub struct Registry {
     runs: Mutex<HashMap<String, Arc<Run>>>,
-    /// Bytes in all live spools, kept by the spools themselves.
+    /// Bytes in all live spools, kept by the spools themselves (recycled
+    /// data files on the shelf included).
     spool_usage: Arc<AtomicU64>,
+    shelf: Arc<Shelf>,
 }
 
 impl Registry {
@@ -371,6 +374,11 @@ impl Registry {
     /// The gauge every new or re-opened spool counts its bytes in.
     pub fn spool_usage(&self) -> Arc<AtomicU64> {
         self.spool_usage.clone()
+    }
+
+    /// The recycled data files new spools take from and removed ones go to.
+    pub fn shelf(&self) -> Arc<Shelf> {
+        self.shelf.clone()
     }
 
     pub fn contains(&self, id: &str) -> Option<Phase> {
@@ -424,12 +432,21 @@ impl Registry {
     }
 
     /// Evicts spools of finished Runs, oldest finished first, until the
-    /// spools of all Runs fit in `budget` bytes. Returns how many.
+    /// spools of all Runs fit in `budget` bytes; recycled data files are
+    /// discarded before any. Returns how many spools were evicted.
     pub fn enforce_spool_budget(&self, budget: u64) -> usize {
         // The common case, O(1): within budget.
         let mut total = self.spool_usage.load(Ordering::Relaxed);
         if total <= budget {
             return 0;
+        }
+        let freed = self.shelf.discard(total - budget);
+        if freed > 0 {
+            self.spool_usage.fetch_sub(freed, Ordering::Relaxed);
+            total = total.saturating_sub(freed);
+            if total <= budget {
+                return 0;
+            }
         }
         let runs = self.list();
         let mut finished: Vec<(SystemTime, &Arc<Run>)> = runs

@@ -147,6 +147,13 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         max_finished_runs: cfg.max_finished_runs as usize,
         grace_period_ms: cfg.grace_period_ms,
     });
+    let leftovers = crate::shelf::Shelf::clear_leftovers(&cfg.spool_dir());
+    if leftovers > 0 {
+        tracing::info!(
+            files = leftovers,
+            "deleted recycled spool files left by an earlier runtimed"
+        );
+    }
     crate::recovery::recover(&state, &cfg, saved);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

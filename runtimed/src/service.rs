@@ -135,7 +135,8 @@ impl State {
             .map_err(|_| Error::TooManyRuns {
                 limit: self.max_runs as usize,
             })?;
-        let spool = Spool::create(&self.spool_dir, &id, self.log_cap, self.runs.spool_usage());
+        let spool = Spool::create(&self.spool_dir, &id, self.log_cap, self.runs.spool_usage())
+            .with_shelf(self.runs.shelf());
         let spec = RunSpec {
             timeout_ms: req.timeout_ms,
             artifacts_on_failure: req.artifacts_on_failure,

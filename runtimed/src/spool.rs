@@ -32,7 +32,15 @@
 //! A per-Run cap bounds the log: bytes past it are dropped and counted, and a
 //! zero-length marker record at the cap says where (followers get an in-band
 //! Truncated event there).
+//!
+//! A Run whose output outgrows the hold may take a recycled data file from
+//! the [`Shelf`] (a removed log's, with its blocks and cached pages) and
+//! write over it: data is written at explicit offsets, never appended, and
+//! the stale bytes past the log's length are never read (the index bounds
+//! every read, and [`Spool::open`] trims them after a crash); when the log
+//! is closed the file is cut to the log's length.
 
+use crate::shelf::Shelf;
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -144,10 +152,12 @@ struct Inner {
     /// and again once the log is closed (a finished Run holds no descriptor;
     /// readers open the data file when they need it) or removed.
     idx_file: Option<File>,
+    /// Written at explicit offsets (no `O_APPEND`: `splice` refuses it, and a
+    /// recycled file holds stale bytes past the log's end).
     data: Option<Arc<File>>,
-    /// A write handle on the data file without `O_APPEND` (which `splice`
-    /// refuses), opened by the first splice.
-    splice_target: Option<Arc<File>>,
+    /// The size of a recycled data file taken from the shelf while it is
+    /// larger than the log: the gauge counts `max(len, reserved)`.
+    reserved: u64,
     /// Whether the files exist (created when output outgrows `held`, by
     /// `persist`, or found after a restart).
     created: bool,
@@ -178,6 +188,8 @@ pub struct Spool {
     evicted: std::sync::atomic::AtomicBool,
     /// Bytes in all live spools of this runtimed (the spool budget's gauge).
     usage: Arc<AtomicU64>,
+    /// Where a removed data file goes, and a large log's file comes from.
+    shelf: Option<Arc<Shelf>>,
 }
 
 /// Where a reader gets a log's bytes.
@@ -214,6 +226,12 @@ pub struct Truncation {
     pub dropped: u64,
 }
 
+/// What the gauge grows by when a log of `len` bytes (after growing by
+/// `added`) lies in a file of at least `reserved` bytes already counted.
+fn grown(len: u64, added: u64, reserved: u64) -> u64 {
+    len.saturating_sub(len.saturating_sub(added).max(reserved))
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -234,7 +252,7 @@ impl Spool {
                 index: Vec::new(),
                 idx_file: None,
                 data: None,
-                splice_target: None,
+                reserved: 0,
                 created: false,
                 held: Vec::new(),
                 removed: false,
@@ -248,7 +266,14 @@ impl Spool {
             progress: watch::channel(Progress::default()).0,
             evicted: Default::default(),
             usage,
+            shelf: None,
         }
+    }
+
+    /// Recycles data files through `shelf` (see the module doc).
+    pub fn with_shelf(mut self, shelf: Arc<Shelf>) -> Spool {
+        self.shelf = Some(shelf);
+        self
     }
 
     /// Re-opens the spool of a Run after a restart: keeps every whole index
@@ -262,8 +287,15 @@ impl Spool {
         usage: Arc<AtomicU64>,
     ) -> std::io::Result<Spool> {
         let spool = Spool::create(dir, run_id, cap, usage);
-        let open = |p: &Path| OpenOptions::new().read(true).append(true).open(p);
-        let (data, idx_file) = match (open(&spool.data_path), open(&spool.idx_path)) {
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&spool.data_path);
+        let idx = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&spool.idx_path);
+        let (data, idx_file) = match (data, idx) {
             (Ok(d), Ok(i)) => (d, i),
             // Nothing was ever spooled (the files come with the first output).
             (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -339,46 +371,62 @@ impl Spool {
     }
 
     /// Creates both files for an append (not after the log is closed) and
-    /// writes what was held.
+    /// writes what was held; the output outgrew the hold, so the data file
+    /// may be a recycled one.
     fn create_files(&self, inner: &mut Inner) -> std::io::Result<()> {
         if self.progress().closed {
             // Its handles are gone; a late append must not re-create the files.
             return Err(std::io::Error::other("the spool is closed"));
         }
-        self.open_files(inner)
+        self.open_files(inner, true)
     }
 
     /// Creates both files (once) and writes the held output into them.
-    fn open_files(&self, inner: &mut Inner) -> std::io::Result<()> {
+    fn open_files(&self, inner: &mut Inner, recycle: bool) -> std::io::Result<()> {
         if inner.removed {
             return Err(std::io::Error::other("the spool was removed"));
         }
         if inner.idx_file.is_none() && !inner.created {
-            // A stale file of an unknown earlier Run with this id is emptied.
-            let open = |p: &Path| {
-                let f = OpenOptions::new()
+            let open = |p: &Path, append: bool| {
+                OpenOptions::new()
                     .read(true)
-                    .append(true)
+                    .write(true)
+                    .append(append)
                     .create(true)
-                    .open(p)?;
-                if f.metadata()?.len() > 0 {
-                    f.set_len(0)?;
-                }
-                Ok::<_, std::io::Error>(f)
+                    .open(p)
             };
-            let data = match open(&self.data_path) {
+            let mut idx_file = match open(&self.idx_path, true) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if let Some(dir) = self.data_path.parent() {
+                    if let Some(dir) = self.idx_path.parent() {
                         std::fs::create_dir_all(dir)?;
                     }
-                    open(&self.data_path)?
+                    open(&self.idx_path, true)?
                 }
                 r => r?,
             };
-            let mut idx_file = open(&self.idx_path)?;
+            // A stale index of an unknown earlier Run with this id is emptied.
+            if idx_file.metadata()?.len() > 0 {
+                idx_file.set_len(0)?;
+            }
+            let recycled = match (&self.shelf, recycle) {
+                (Some(shelf), true) => shelf.take(&self.data_path),
+                _ => None,
+            };
+            let data = open(&self.data_path, false)?;
+            match recycled {
+                Some(size) => {
+                    // The shelf's bytes were in the gauge already; the
+                    // held ones are written over part of them.
+                    inner.reserved = size;
+                    self.usage.fetch_sub(inner.len.min(size), Ordering::Relaxed);
+                }
+                // Likewise a stale data file is emptied.
+                None if data.metadata()?.len() > 0 => data.set_len(0)?,
+                None => {}
+            }
             // Everything so far was held: the index has no marker yet (a
             // truncation creates the files first).
-            (&data).write_all(&inner.held)?;
+            data.write_all_at(&inner.held, 0)?;
             let records: Vec<u8> = inner
                 .index
                 .iter()
@@ -401,7 +449,7 @@ impl Spool {
         if inner.held.is_empty() {
             return Ok(());
         }
-        self.open_files(&mut inner)?;
+        self.open_files(&mut inner, false)?;
         if self.progress().closed {
             inner.idx_file = None;
             inner.data = None;
@@ -475,7 +523,7 @@ impl Spool {
             };
             match (inner.data.as_ref(), inner.idx_file.as_mut()) {
                 (Some(data_file), Some(idx_file)) => {
-                    (&**data_file).write_all(piece)?;
+                    data_file.write_all_at(piece, rec.offset)?;
                     idx_file.write_all(&rec.encode(rec.stream.code()))?;
                 }
                 _ => inner.held.extend_from_slice(piece),
@@ -513,7 +561,10 @@ impl Spool {
             StreamKind::Stderr => inner.stderr_len = new_stream_len,
         }
         let len = inner.len;
-        self.usage.fetch_add(new.len() as u64, Ordering::Relaxed);
+        self.usage.fetch_add(
+            grown(len, new.len() as u64, inner.reserved),
+            Ordering::Relaxed,
+        );
         self.progress.send_modify(|p| p.len = len);
         Ok(new.len())
     }
@@ -547,12 +598,7 @@ impl Spool {
             }
             self.create_files(&mut inner)?;
             let inner = &mut *inner;
-            if inner.splice_target.is_none() {
-                let f = OpenOptions::new().write(true).open(&self.data_path)?;
-                inner.splice_target = Some(Arc::new(f));
-            }
-            let (Some(idx_file), Some(target)) =
-                (inner.idx_file.as_mut(), inner.splice_target.clone())
+            let (Some(idx_file), Some(target)) = (inner.idx_file.as_mut(), inner.data.clone())
             else {
                 return Err(std::io::Error::other("the spool is closed"));
             };
@@ -612,7 +658,8 @@ impl Spool {
                 StreamKind::Stderr => inner.stderr_len += moved as u64,
             }
             let len = inner.len;
-            self.usage.fetch_add(moved as u64, Ordering::Relaxed);
+            self.usage
+                .fetch_add(grown(len, moved as u64, inner.reserved), Ordering::Relaxed);
             self.progress.send_modify(|p| p.len = len);
         }
         match failed {
@@ -626,9 +673,24 @@ impl Spool {
     /// and keeps the last record in memory only if it is small.
     pub fn close(&self) {
         let mut inner = self.lock();
+        if inner.reserved > inner.len
+            && let Some(data) = &inner.data
+        {
+            // The recycled file's stale tail goes: a finished log's file
+            // is exactly its length (and so is the gauge).
+            match data.set_len(inner.len) {
+                Ok(()) => {
+                    self.usage
+                        .fetch_sub(inner.reserved - inner.len, Ordering::Relaxed);
+                    inner.reserved = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %self.data_path.display(), error = %e, "cannot cut a recycled spool file to its log")
+                }
+            }
+        }
         inner.idx_file = None;
         inner.data = None;
-        inner.splice_target = None;
         // A copy: the slice may share a much larger receive buffer.
         inner.recent = inner
             .recent
@@ -813,11 +875,17 @@ impl Spool {
     pub fn evict(&self) {
         self.evicted
             .store(true, std::sync::atomic::Ordering::Release);
-        self.remove();
+        // The budget wants the space back: nothing goes on the shelf.
+        self.remove_files(false);
     }
 
-    /// Removes the spool's files (once: its bytes leave the usage gauge).
+    /// Removes the spool's files (once: its bytes leave the usage gauge,
+    /// unless its data file goes on the shelf and takes them along).
     pub fn remove(&self) {
+        self.remove_files(true);
+    }
+
+    fn remove_files(&self, recycle: bool) {
         let mut inner = self.lock();
         if inner.removed {
             return;
@@ -825,14 +893,24 @@ impl Spool {
         inner.removed = true;
         inner.data = None;
         inner.idx_file = None;
-        inner.splice_target = None;
         inner.held = Vec::new();
         inner.recent = None;
+        let size = inner.len.max(inner.reserved);
+        let mut shelved = false;
         if inner.created {
-            let _ = std::fs::remove_file(&self.data_path);
+            shelved = recycle
+                && self
+                    .shelf
+                    .as_ref()
+                    .is_some_and(|s| s.put(&self.data_path, size));
+            if !shelved {
+                let _ = std::fs::remove_file(&self.data_path);
+            }
             let _ = std::fs::remove_file(&self.idx_path);
         }
-        self.usage.fetch_sub(inner.len, Ordering::Relaxed);
+        if !shelved {
+            self.usage.fetch_sub(size, Ordering::Relaxed);
+        }
     }
 }
 
@@ -1034,6 +1112,134 @@ mod tests {
         s.remove();
         assert_eq!(usage.load(Ordering::Relaxed), 0);
         assert!(!dir.path().join("r.log").exists() && !dir.path().join("r.idx").exists());
+    }
+
+    /// Reads the whole log back as (stream, bytes) chunks.
+    fn read_all(s: &Spool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        loop {
+            match s.read(at, 1 << 20, None).unwrap() {
+                (Some(c), next) => {
+                    out.extend_from_slice(&c.data);
+                    at = next;
+                }
+                (None, _) => return out,
+            }
+        }
+    }
+
+    /// A removed log's data file goes on the shelf; the next log that
+    /// outgrows the hold writes over it in place (same inode), shows only
+    /// its own bytes, is cut to its length when closed, and the gauge
+    /// counts the file's real size throughout.
+    #[test]
+    fn a_large_removed_log_is_recycled_by_the_next_large_one() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(AtomicU64::new(0));
+        let shelf = Arc::new(Shelf::default());
+        let big = crate::shelf::MIN_BYTES + 4096;
+        let spool = |id: &str| {
+            Spool::create(dir.path(), id, 1 << 30, usage.clone()).with_shelf(shelf.clone())
+        };
+        let old = spool("old");
+        old.append(StreamKind::Stdout, 0, Bytes::from(vec![b'o'; big as usize]))
+            .unwrap();
+        old.close();
+        let ino = std::fs::metadata(dir.path().join("old.log")).unwrap().ino();
+        old.remove();
+        assert!(!dir.path().join("old.log").exists());
+        assert_eq!(shelf.bytes(), big);
+        assert_eq!(
+            usage.load(Ordering::Relaxed),
+            big,
+            "the shelf keeps its bytes counted"
+        );
+
+        // A short Run's log (persisted after its result) gets a new file.
+        let short = spool("short");
+        short
+            .append(StreamKind::Stdout, 0, Bytes::from_static(b"hi"))
+            .unwrap();
+        short.close();
+        short.persist().unwrap();
+        assert_eq!(shelf.bytes(), big);
+        short.remove();
+
+        // One that outgrows the hold takes the shelf's file.
+        let new = spool("new");
+        let held = vec![b'h'; 1000];
+        new.append(StreamKind::Stdout, 0, Bytes::from(held.clone()))
+            .unwrap();
+        let more = vec![b'n'; HOLD_MAX];
+        new.append(StreamKind::Stderr, 0, Bytes::from(more.clone()))
+            .unwrap();
+        let path = dir.path().join("new.log");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+        assert_eq!(shelf.bytes(), 0);
+        let len = (held.len() + more.len()) as u64;
+        assert_eq!(new.progress().len, len);
+        assert_eq!(read_all(&new), [held.as_slice(), more.as_slice()].concat());
+        assert_eq!(usage.load(Ordering::Relaxed), big, "max(len, file size)");
+        new.close();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        assert_eq!(usage.load(Ordering::Relaxed), len);
+        assert_eq!(read_all(&new), [held.as_slice(), more.as_slice()].concat());
+        // Too small for the shelf now: deleted, and the gauge is back to 0.
+        new.remove();
+        assert!(!path.exists());
+        assert_eq!(usage.load(Ordering::Relaxed), 0);
+        assert_eq!(Shelf::clear_leftovers(dir.path()), 0);
+    }
+
+    /// A recycled file's stale bytes past the log never show: not while it
+    /// is written, not after a crash (re-opening trims them), and a log the
+    /// budget evicts does not go on the shelf.
+    #[test]
+    fn stale_bytes_of_a_recycled_file_never_show_and_evicted_logs_are_not_shelved() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(AtomicU64::new(0));
+        let shelf = Arc::new(Shelf::default());
+        let big = vec![b'x'; 2 * crate::shelf::MIN_BYTES as usize];
+        let old =
+            Spool::create(dir.path(), "old", 1 << 30, usage.clone()).with_shelf(shelf.clone());
+        old.append(StreamKind::Stdout, 0, Bytes::from(big.clone()))
+            .unwrap();
+        old.remove();
+
+        // Spliced output lands at the log's offsets, not the file's end.
+        let s = Spool::create(dir.path(), "r", 1 << 30, usage.clone()).with_shelf(shelf.clone());
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"spliced").unwrap();
+        assert_eq!(s.splice_from(StreamKind::Stdout, r.as_fd(), 7).unwrap(), 7);
+        assert_eq!(read_all(&s), b"spliced");
+        let (chunk, next) = s.read(7, 100, None).unwrap();
+        assert!(chunk.is_none() && next == 7, "{chunk:?} {next}");
+        // A crash now (no close): the file is still 2 MiB of which 7 bytes
+        // are this log's; re-opening trims the rest.
+        assert_eq!(
+            std::fs::metadata(dir.path().join("r.log")).unwrap().len(),
+            big.len() as u64
+        );
+        let usage2 = Arc::new(AtomicU64::new(0));
+        let again = Spool::open(dir.path(), "r", 1 << 30, true, usage2.clone()).unwrap();
+        assert_eq!(read_all(&again), b"spliced");
+        assert_eq!(
+            std::fs::metadata(dir.path().join("r.log")).unwrap().len(),
+            7
+        );
+        assert_eq!(usage2.load(Ordering::Relaxed), 7);
+
+        // Evicted (the budget wants the space): deleted, not shelved.
+        let e = Spool::create(dir.path(), "e", 1 << 30, usage.clone()).with_shelf(shelf.clone());
+        e.append(StreamKind::Stdout, 0, Bytes::from(big.clone()))
+            .unwrap();
+        e.close();
+        e.evict();
+        assert!(!dir.path().join("e.log").exists());
+        assert_eq!(shelf.bytes(), 0);
     }
 
     #[test]

@@ -223,6 +223,76 @@ async fn spool_budget_evicts_oldest_finished_first() {
     assert_eq!(data.len(), 48894);
 }
 
+/// Files in the spool directory whose name starts with `.recycled-`.
+fn recycled(d: &Daemon) -> Vec<u64> {
+    std::fs::read_dir(d.dir.path().join("spool"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".recycled-"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect()
+}
+
+/// A forgotten Run's large log file is recycled by the next Run that prints
+/// a lot (its Logs show only its own bytes), and under the spool budget the
+/// recycled file goes before any Run's log is evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_large_logs_are_recycled_and_yield_to_the_budget() {
+    let d = Daemon::start(&["--spool-budget-bytes", "2100000"]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let forget = |c: &mut Client, id: &str| {
+        let req = pb::ForgetRequest { run_id: id.into() };
+        let mut c = c.clone();
+        async move { c.forget(req).await.unwrap() }
+    };
+    let mut big = sh("head -c 2000000 /dev/zero | tr '\\0' a");
+    big.run_id = "big".into();
+    assert_eq!(execute(&mut c, big).await.stdout.len(), 2_000_000);
+    forget(&mut c, "big").await;
+    assert_eq!(recycled(&d), [2_000_000], "{}", d.log());
+
+    let mut next = sh("seq 1 300000"); // 1988895 bytes
+    next.run_id = "next".into();
+    execute(&mut c, next).await;
+    assert!(recycled(&d).is_empty(), "taken by the next large log");
+    let (data, _) = logs(
+        &mut c,
+        pb::LogsRequest {
+            run_id: "next".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(data == seq(300000), "only its own bytes");
+    let file = d.dir.path().join("spool/next.log");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 1_988_895);
+    forget(&mut c, "next").await;
+    assert_eq!(recycled(&d), [1_988_895]);
+
+    // Short Runs (their output held, then persisted) leave the shelf alone
+    // until the budget is exceeded: then the shelf goes, not their logs.
+    for id in ["a", "b", "c"] {
+        let mut req = sh("seq 1 10000"); // 48894 bytes each
+        req.run_id = id.into();
+        execute(&mut c, req).await;
+    }
+    assert!(recycled(&d).is_empty(), "discarded for the budget");
+    for id in ["a", "b", "c"] {
+        let (data, _) = logs(
+            &mut c,
+            pb::LogsRequest {
+                run_id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(data == seq(10000), "{id}'s log is intact");
+    }
+}
+
 /// Spool files of finished Runs (kept until Forget or eviction) hold no
 /// descriptor: retained Runs cannot exhaust runtimed's descriptor limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

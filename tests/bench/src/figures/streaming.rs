@@ -7,6 +7,7 @@ use crate::client::{command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row, Unit, Value};
 use crate::stats::Samples;
+use kruntimes_proto::runtimed::v1 as pb;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,6 +148,13 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
                 "streaming: the client received {} bytes, expected {bytes}",
                 out.output_bytes
             )));
+        }
+        // As a client done with a Run does (and the follow figure): its 1 GiB
+        // log does not stay in the spool.
+        if let Some(run) = out.run {
+            let _ = client
+                .forget(pb::ForgetRequest { run_id: run.run_id })
+                .await;
         }
         if i >= counts.warmup {
             raw.push(r);
