@@ -109,6 +109,24 @@ def test_working_dir_symlink_is_refused(server: Server) -> None:
     assert not Path("/etc/x").exists()
 
 
+def test_execution_dir_must_be_a_directory(server: Server) -> None:
+    """One put in place (as runtimed does) is used; a symlink or a file at
+    its path is refused, not followed."""
+    eid = new_id("pre")
+    (server.workspace / eid).mkdir(parents=True)
+    res = server.run(execution_id=eid, argv=["pwd"])
+    assert res.stdout.decode().strip() == str(server.workspace.resolve() / eid)
+    for kind in ("symlink", "file"):
+        eid = new_id(kind)
+        if kind == "symlink":
+            os.symlink("/tmp", server.workspace / eid)
+        else:
+            (server.workspace / eid).write_text("")
+        err = rpc_error(server.start, eid, argv=["true"])
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, kind
+        assert "exists and is not a directory" in err.details(), err.details()
+
+
 def test_streams_apart_in_order_and_binary(server: Server) -> None:
     code = (
         "import sys\n"

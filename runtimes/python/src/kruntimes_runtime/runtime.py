@@ -269,16 +269,19 @@ class Runtime:
 
     def _execution_dir(self, execution_id: str) -> str:
         path = os.path.join(self.root, execution_id)
-        if self.dirs.take(path):
-            return path  # renamed into place: a directory, not a symlink
         try:
-            os.mkdir(path, 0o755)
-            return path  # just created: a directory, not a symlink
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise FailedPrecondition(f"cannot create execution directory {path!r}: {e.strerror}") from None
-        st = os.lstat(path)
+            # runtimed puts it in place before the Start: one lstat then.
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if self.dirs.take(path):
+                return path  # renamed into place: a directory, not a symlink
+            try:
+                os.mkdir(path, 0o755)
+                return path  # just created: a directory, not a symlink
+            except FileExistsError:
+                st = os.lstat(path)
+            except OSError as e:
+                raise FailedPrecondition(f"cannot create execution directory {path!r}: {e.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise FailedPrecondition(f"execution directory {path!r} exists and is not a directory")
         return path
