@@ -291,10 +291,11 @@ class Execution:
 
     async def _attach_batches(self, gen: int, streams: Any, positions: list[int]) -> AsyncIterator[list[Any]]:
         """Everything at hand as one batch: the output of both streams (up to
-        CHUNK_MAX_BYTES in all) and, once all output is in it, the exit. While
-        the process runs, output waits up to OUTPUT_LINGER_S for more or for
+        CHUNK_MAX_BYTES in all) and, once all output is in it, the exit. Until
+        the exit is final, output waits up to OUTPUT_LINGER_S for more or for
         the exit, so a short Run's output and exit travel in one message (each
-        message is one write and one wake-up on either side)."""
+        message is one write and one wake-up on either side), also when the
+        zygote's exit report is read before the pipes' EOF."""
         linger_until = 0.0
         while True:
             if gen != self._attach_gen:
@@ -319,7 +320,7 @@ class Execution:
                 linger_until = 0.0
                 await self._event.wait()
                 continue
-            elif room > 0 and self.leader is None:
+            elif room > 0 and self.exit is None:
                 now = self._loop.time()
                 if not linger_until:
                     linger_until = now + limits.OUTPUT_LINGER_S
