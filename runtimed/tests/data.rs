@@ -25,6 +25,15 @@ async fn logs(
     Ok((data, marks))
 }
 
+/// The whole log of a Run (its markers ignored).
+async fn log_of(c: &mut Client, run_id: &str) -> Vec<u8> {
+    let req = pb::LogsRequest {
+        run_id: run_id.into(),
+        ..Default::default()
+    };
+    logs(c, req).await.expect("Logs").0
+}
+
 fn seq(n: u32) -> Vec<u8> {
     (1..=n)
         .flat_map(|i| format!("{i}\n").into_bytes())
@@ -201,25 +210,9 @@ async fn spool_budget_evicts_oldest_finished_first() {
     })
     .await
     .unwrap();
-    let (data, _) = logs(
-        &mut c,
-        pb::LogsRequest {
-            run_id: "third".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let data = log_of(&mut c, "third").await;
     assert!(data == seq(10000));
-    let (data, _) = logs(
-        &mut c,
-        pb::LogsRequest {
-            run_id: "second".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let data = log_of(&mut c, "second").await;
     assert_eq!(data.len(), 48894);
 }
 
@@ -256,15 +249,7 @@ async fn forgotten_large_logs_are_recycled_and_yield_to_the_budget() {
     next.run_id = "next".into();
     execute(&mut c, next).await;
     assert!(recycled(&d).is_empty(), "taken by the next large log");
-    let (data, _) = logs(
-        &mut c,
-        pb::LogsRequest {
-            run_id: "next".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let data = log_of(&mut c, "next").await;
     assert!(data == seq(300000), "only its own bytes");
     let file = d.dir.path().join("spool/next.log");
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 1_988_895);
@@ -280,15 +265,7 @@ async fn forgotten_large_logs_are_recycled_and_yield_to_the_budget() {
     }
     assert!(recycled(&d).is_empty(), "discarded for the budget");
     for id in ["a", "b", "c"] {
-        let (data, _) = logs(
-            &mut c,
-            pb::LogsRequest {
-                run_id: id.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let data = log_of(&mut c, id).await;
         assert!(data == seq(10000), "{id}'s log is intact");
     }
 }
@@ -364,15 +341,7 @@ async fn oldest_finished_runs_are_forgotten_past_the_bound() {
         .await
         .expect_err("r1 was forgotten");
     assert_eq!(gone.code(), Code::NotFound);
-    let (data, _) = logs(
-        &mut c,
-        pb::LogsRequest {
-            run_id: "r3".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let data = log_of(&mut c, "r3").await;
     assert_eq!(data, b"hello\n");
     let spools = std::fs::read_dir(d.dir.path().join("spool"))
         .unwrap()
