@@ -26,6 +26,7 @@ pub struct Metrics {
     pub run_duration: Family<RuntimeLabels, Histogram>,
     pub runs_active: Gauge,
     pub output_handoffs: Family<RuntimeLabels, Counter>,
+    pub spool_files_recycled: Counter,
 }
 
 impl Default for Metrics {
@@ -62,6 +63,12 @@ impl Default for Metrics {
             "Output streams of fast writers taken over from a Runtime Server (read from the pipe into the spool), by runtime",
             output_handoffs.clone(),
         );
+        let spool_files_recycled = Counter::default();
+        registry.register(
+            "spool_files_recycled",
+            "Spool data files of removed logs written over by a new Run's log instead of creating a new file",
+            spool_files_recycled.clone(),
+        );
         Metrics {
             registry,
             runs_started,
@@ -69,6 +76,7 @@ impl Default for Metrics {
             run_duration,
             runs_active,
             output_handoffs,
+            spool_files_recycled,
         }
     }
 }

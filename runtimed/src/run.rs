@@ -353,6 +353,15 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Spools of this registry's Runs recycle data files through `shelf`.
+    pub fn new(shelf: Shelf) -> Registry {
+        Registry {
+            runs: Default::default(),
+            spool_usage: Default::default(),
+            shelf: Arc::new(shelf),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Run>>> {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -131,8 +131,9 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             journal.display()
         )
     })?;
+    let shelf = crate::shelf::Shelf::counting(metrics.spool_files_recycled.clone());
     let state = Arc::new(State {
-        runs: Default::default(),
+        runs: Arc::new(crate::run::Registry::new(shelf)),
         runtimes,
         supervised,
         permits: Arc::new(Semaphore::new(cfg.max_runs as usize)),

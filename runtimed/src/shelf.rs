@@ -13,6 +13,7 @@
 //! never start with '.'); leftovers of an earlier process are deleted at
 //! start-up.
 
+use prometheus_client::metrics::counter::Counter;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +34,19 @@ struct Shelved {
 pub struct Shelf {
     files: Mutex<Vec<Shelved>>,
     names: AtomicU64,
+    /// Files taken (`runtimed_spool_files_recycled_total`).
+    recycled: Counter,
 }
 
 impl Shelf {
+    /// A shelf that counts the files it hands out in `recycled`.
+    pub fn counting(recycled: Counter) -> Shelf {
+        Shelf {
+            recycled,
+            ..Default::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Shelved>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -79,6 +90,7 @@ impl Shelf {
         let mut files = self.lock();
         while let Some(f) = files.pop() {
             if std::fs::rename(&f.path, data_path).is_ok() {
+                self.recycled.inc();
                 return Some(f.size);
             }
             // Gone under us (someone cleaned the directory): try the next.
@@ -123,7 +135,8 @@ mod tests {
     #[test]
     fn put_take_discard_within_bounds() {
         let dir = tempfile::tempdir().unwrap();
-        let shelf = Shelf::default();
+        let taken = Counter::default();
+        let shelf = Shelf::counting(taken.clone());
         // Too small: stays where it is, for the caller to delete.
         let small = file(dir.path(), "s.log", MIN_BYTES - 1);
         assert!(!shelf.put(&small, MIN_BYTES - 1));
@@ -138,9 +151,10 @@ mod tests {
         assert_eq!(shelf.bytes(), 3 * MIN_BYTES);
 
         // The newest first; the file keeps its bytes.
-        let taken = dir.path().join("new.log");
-        assert_eq!(shelf.take(&taken), Some(2 * MIN_BYTES));
-        assert_eq!(std::fs::metadata(&taken).unwrap().len(), 2 * MIN_BYTES);
+        let new = dir.path().join("new.log");
+        assert_eq!(shelf.take(&new), Some(2 * MIN_BYTES));
+        assert_eq!(std::fs::metadata(&new).unwrap().len(), 2 * MIN_BYTES);
+        assert_eq!(taken.get(), 1);
         assert_eq!(shelf.discard(1), MIN_BYTES);
         assert_eq!(shelf.bytes(), 0);
         assert_eq!(shelf.take(&dir.path().join("none.log")), None);

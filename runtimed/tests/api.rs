@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Daemon, cmd, execute, sh};
+use common::{Daemon, cmd, execute, free_port, http_get, sh};
 use kruntimes_proto::runtimed::v1 as pb;
 use std::time::Duration;
 use tonic::Code;
@@ -458,12 +458,7 @@ async fn runtime_server_crash_fails_the_run_and_is_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_runs() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_port();
     let d = Daemon::start(&["--metrics-listen", &addr]).await;
     d.wait_ready("bash").await;
     let mut c = d.client();
@@ -483,17 +478,6 @@ async fn metrics_count_runs() {
         body.contains("runtimed_run_duration_seconds_count{runtime=\"bash\"} 2"),
         "{body}"
     );
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf
 }
 
 /// A process holding the Runtime Server's socket that does not pass the

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Daemon, execute, sh};
+use common::{Daemon, execute, free_port, http_get, sh};
 use kruntimes_proto::runtimed::v1 as pb;
 use tonic::Code;
 
@@ -231,7 +231,14 @@ fn recycled(d: &Daemon) -> Vec<u64> {
 /// recycled file goes before any Run's log is evicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgotten_large_logs_are_recycled_and_yield_to_the_budget() {
-    let d = Daemon::start(&["--spool-budget-bytes", "2100000"]).await;
+    let metrics = free_port();
+    let d = Daemon::start(&[
+        "--spool-budget-bytes",
+        "2100000",
+        "--metrics-listen",
+        &metrics,
+    ])
+    .await;
     d.wait_ready("bash").await;
     let mut c = d.client();
     let forget = |c: &mut Client, id: &str| {
@@ -249,6 +256,11 @@ async fn forgotten_large_logs_are_recycled_and_yield_to_the_budget() {
     next.run_id = "next".into();
     execute(&mut c, next).await;
     assert!(recycled(&d).is_empty(), "taken by the next large log");
+    let body = http_get(&metrics, "/metrics").await;
+    assert!(
+        body.contains("runtimed_spool_files_recycled_total 1"),
+        "{body}"
+    );
     let data = log_of(&mut c, "next").await;
     assert!(data == seq(300000), "only its own bytes");
     let file = d.dir.path().join("spool/next.log");

@@ -222,3 +222,25 @@ pub async fn execute(c: &mut RuntimedClient<Channel>, req: pb::ExecuteRequest) -
     }
     out
 }
+
+/// A loopback address with a port nobody listens on (for `--metrics-listen`).
+pub fn free_port() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("local addr")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A plain HTTP/1.1 GET (the metrics endpoint), the whole response as text.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    buf
+}
