@@ -23,6 +23,7 @@ pub fn recover(state: &Arc<State>, cfg: &crate::Config, saved: Vec<RunRecord>) {
             &cfg.spool_dir(),
             cfg.log_cap_bytes,
             state.runs.spool_usage(),
+            state.runs.shelf(),
         ) {
             Ok(r) => Arc::new(r),
             Err(e) => {

@@ -202,13 +202,14 @@ impl Run {
         }
     }
 
-    /// A saved Run with its spool re-opened.
+    /// A saved Run with its spool re-opened (recycling through `shelf`).
     pub fn load(
         f: RunRecord,
         records: Arc<Records>,
         spool_dir: &Path,
         log_cap: u64,
         usage: Arc<AtomicU64>,
+        shelf: Arc<Shelf>,
     ) -> std::io::Result<Run> {
         let spool = Spool::open(
             spool_dir,
@@ -216,7 +217,8 @@ impl Run {
             log_cap,
             f.state.phase.is_terminal(),
             usage,
-        )?;
+        )?
+        .with_shelf(shelf);
         spool.restore_dropped(f.state.log_dropped_bytes);
         Ok(Run {
             id: f.id,
@@ -508,6 +510,7 @@ mod tests {
             Arc::new(records),
             dir.path(),
             1 << 20,
+            Default::default(),
             Default::default(),
         )
         .unwrap();
