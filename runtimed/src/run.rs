@@ -345,7 +345,6 @@ impl Run {
 }
 
 /// All Runs this runtimed knows, by id.
-#[derive(Default)]
 pub struct Registry {
     runs: Mutex<HashMap<String, Arc<Run>>>,
     /// Bytes in all live spools, kept by the spools themselves (recycled
@@ -354,13 +353,21 @@ pub struct Registry {
     shelf: Arc<Shelf>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(Default::default())
+    }
+}
+
 impl Registry {
-    /// Spools of this registry's Runs recycle data files through `shelf`.
-    pub fn new(shelf: Shelf) -> Registry {
+    /// Spools of this registry's Runs recycle data files through one shelf,
+    /// which counts the files it hands out in `recycled`.
+    pub fn new(recycled: prometheus_client::metrics::counter::Counter) -> Registry {
+        let spool_usage = Arc::<AtomicU64>::default();
         Registry {
             runs: Default::default(),
-            spool_usage: Default::default(),
-            shelf: Arc::new(shelf),
+            shelf: Arc::new(Shelf::new(spool_usage.clone(), recycled)),
+            spool_usage,
         }
     }
 
@@ -453,7 +460,6 @@ impl Registry {
         }
         let freed = self.shelf.discard(total - budget);
         if freed > 0 {
-            self.spool_usage.fetch_sub(freed, Ordering::Relaxed);
             total = total.saturating_sub(freed);
             if total <= budget {
                 return 0;

@@ -131,9 +131,9 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             journal.display()
         )
     })?;
-    let shelf = crate::shelf::Shelf::counting(metrics.spool_files_recycled.clone());
+    let runs = crate::run::Registry::new(metrics.spool_files_recycled.clone());
     let state = Arc::new(State {
-        runs: Arc::new(crate::run::Registry::new(shelf)),
+        runs: Arc::new(runs),
         runtimes,
         supervised,
         permits: Arc::new(Semaphore::new(cfg.max_runs as usize)),

@@ -15,8 +15,8 @@
 
 use prometheus_client::metrics::counter::Counter;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Smaller data files are deleted: recycling them saves little.
 pub const MIN_BYTES: u64 = 1 << 20;
@@ -34,14 +34,19 @@ struct Shelved {
 pub struct Shelf {
     files: Mutex<Vec<Shelved>>,
     names: AtomicU64,
+    /// The spool budget's gauge, which counts the shelved files' bytes: the
+    /// shelf takes off what it deletes or loses.
+    usage: Arc<AtomicU64>,
     /// Files taken (`runtimed_spool_files_recycled_total`).
     recycled: Counter,
 }
 
 impl Shelf {
-    /// A shelf that counts the files it hands out in `recycled`.
-    pub fn counting(recycled: Counter) -> Shelf {
+    /// A shelf whose files count in `usage` and that counts the files it
+    /// hands out in `recycled`.
+    pub fn new(usage: Arc<AtomicU64>, recycled: Counter) -> Shelf {
         Shelf {
+            usage,
             recycled,
             ..Default::default()
         }
@@ -95,12 +100,13 @@ impl Shelf {
             }
             // Gone under us (someone cleaned the directory): try the next.
             tracing::warn!(path = %f.path.display(), "a recycled spool file could not be taken");
+            self.usage.fetch_sub(f.size, Ordering::Relaxed);
         }
         None
     }
 
     /// Deletes shelved files, oldest first, until at least `want` bytes are
-    /// freed or none is left. Returns the bytes freed (to take off the gauge).
+    /// freed or none is left; they leave the gauge. Returns the bytes freed.
     pub fn discard(&self, want: u64) -> u64 {
         let mut files = self.lock();
         let mut freed = 0;
@@ -113,6 +119,7 @@ impl Shelf {
             }
             freed += f.size;
         }
+        self.usage.fetch_sub(freed, Ordering::Relaxed);
         freed
     }
 
@@ -136,7 +143,9 @@ mod tests {
     fn put_take_discard_within_bounds() {
         let dir = tempfile::tempdir().unwrap();
         let taken = Counter::default();
-        let shelf = Shelf::counting(taken.clone());
+        // The gauge as spools leave it: the shelved files' bytes counted.
+        let usage = Arc::new(AtomicU64::new(3 * MIN_BYTES));
+        let shelf = Shelf::new(usage.clone(), taken.clone());
         // Too small: stays where it is, for the caller to delete.
         let small = file(dir.path(), "s.log", MIN_BYTES - 1);
         assert!(!shelf.put(&small, MIN_BYTES - 1));
@@ -157,6 +166,11 @@ mod tests {
         assert_eq!(taken.get(), 1);
         assert_eq!(shelf.discard(1), MIN_BYTES);
         assert_eq!(shelf.bytes(), 0);
+        assert_eq!(
+            usage.load(Ordering::Relaxed),
+            2 * MIN_BYTES,
+            "the taken file's bytes stay, now the taker's"
+        );
         assert_eq!(shelf.take(&dir.path().join("none.log")), None);
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -164,6 +178,20 @@ mod tests {
             .filter(|n| n.starts_with(PREFIX))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// A shelved file deleted behind runtimed's back is not handed out, and
+    /// its bytes leave the gauge.
+    #[test]
+    fn a_lost_shelved_file_leaves_the_gauge() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(AtomicU64::new(MIN_BYTES));
+        let shelf = Shelf::new(usage.clone(), Counter::default());
+        let p = file(dir.path(), "r.log", MIN_BYTES);
+        assert!(shelf.put(&p, MIN_BYTES));
+        assert_eq!(Shelf::clear_leftovers(dir.path()), 1);
+        assert_eq!(shelf.take(&dir.path().join("new.log")), None);
+        assert_eq!((shelf.bytes(), usage.load(Ordering::Relaxed)), (0, 0));
     }
 
     #[test]

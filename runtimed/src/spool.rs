@@ -1138,7 +1138,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let usage = Arc::new(AtomicU64::new(0));
-        let shelf = Arc::new(Shelf::default());
+        let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
         let big = crate::shelf::MIN_BYTES + 4096;
         let spool = |id: &str| {
             Spool::create(dir.path(), id, 1 << 30, usage.clone()).with_shelf(shelf.clone())
@@ -1201,7 +1201,7 @@ mod tests {
         use std::os::fd::AsFd;
         let dir = tempfile::tempdir().unwrap();
         let usage = Arc::new(AtomicU64::new(0));
-        let shelf = Arc::new(Shelf::default());
+        let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
         let big = vec![b'x'; 2 * crate::shelf::MIN_BYTES as usize];
         let old =
             Spool::create(dir.path(), "old", 1 << 30, usage.clone()).with_shelf(shelf.clone());
