@@ -1114,7 +1114,7 @@ mod tests {
         assert!(!dir.path().join("r.log").exists() && !dir.path().join("r.idx").exists());
     }
 
-    /// Reads the whole log back as (stream, bytes) chunks.
+    /// The whole log read back (both streams, in arrival order).
     fn read_all(s: &Spool) -> Vec<u8> {
         let mut out = Vec::new();
         let mut at = 0;
