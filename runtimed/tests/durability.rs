@@ -98,7 +98,7 @@ async fn restart_and_wait(dir: tempfile::TempDir, id: &str) -> (Daemon, Client, 
 /// large chunks) partly through a handoff; either way nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_loses_nothing() {
-    sigkill_mid_run(&format!("seq 1 {LINES}; exit 3"), 4 << 20, false).await;
+    sigkill_mid_run(&format!("seq 1 {LINES}; exit 3"), 4 << 20, false, false).await;
 }
 
 /// The same with a fast writer (1 MiB writes): the server hands stdout off
@@ -109,14 +109,41 @@ async fn sigkill_while_draining_a_handed_off_pipe_loses_nothing() {
         &format!("seq 1 {LINES} | dd bs=1M iflag=fullblock status=none; exit 3"),
         12 << 20,
         true,
+        false,
     )
     .await;
 }
 
-async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool) {
+/// The same into a recycled spool file (a forgotten Run's 64 MB of 'z',
+/// more than this Run writes): after the crash the restarted runtimed trims
+/// the stale bytes, and the log is exactly the Run's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_draining_into_a_recycled_spool_file_loses_nothing() {
+    sigkill_mid_run(
+        &format!("seq 1 {LINES} | dd bs=1M iflag=fullblock status=none; exit 3"),
+        12 << 20,
+        true,
+        true,
+    )
+    .await;
+}
+
+async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool, recycled: bool) {
     let d = Daemon::start(&[]).await;
     d.wait_ready("bash").await;
     let mut c = d.client();
+    if recycled {
+        let stale = "head -c 64000000 /dev/zero | tr '\\0' z";
+        start_detached(&mut c, "stale", stale).await;
+        poll_until(&mut c, "stale", |r| r.phase == pb::Phase::Succeeded as i32).await;
+        c.forget(pb::ForgetRequest {
+            run_id: "stale".into(),
+        })
+        .await
+        .unwrap();
+        let shelved = d.dir.path().join("spool/.recycled-0.log");
+        assert_eq!(std::fs::metadata(&shelved).unwrap().len(), 64_000_000);
+    }
     start_detached(&mut c, "durable", script).await;
 
     // Kill runtimed once a few MB are spooled, while the Run is mid-output.
@@ -139,6 +166,11 @@ async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool) {
         );
     }
 
+    if recycled {
+        let log = dir.path().join("spool/durable.log");
+        let size = std::fs::metadata(&log).unwrap().len();
+        assert_eq!(size, 64_000_000, "the Run wrote into the recycled file");
+    }
     let (d, mut c, r) = restart_and_wait(dir, "durable").await;
     assert_eq!(r.phase, pb::Phase::Failed as i32, "{r:?}\n{}", d.log());
     assert_eq!(r.exit_code, Some(3), "{r:?}\n{}", d.log());
@@ -147,6 +179,8 @@ async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool) {
     let got = read_all(&mut c, "durable", pb::Stream::Unspecified).await;
     assert_eq!(got.len(), want.len());
     assert!(got == want, "spooled bytes differ from seq's output");
+    let log = d.dir.path().join("spool/durable.log");
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), want.len() as u64);
     assert!(d.log().contains("adopted"), "{}", d.log());
     if handoff {
         assert!(d.log().contains("handed off"), "{}", d.log());
