@@ -353,12 +353,6 @@ pub struct Registry {
     shelf: Arc<Shelf>,
 }
 
-impl Default for Registry {
-    fn default() -> Self {
-        Registry::new(Default::default())
-    }
-}
-
 impl Registry {
     /// Spools of this registry's Runs recycle data files through one shelf,
     /// which counts the files it hands out in `recycled`.
@@ -458,12 +452,9 @@ impl Registry {
         if total <= budget {
             return 0;
         }
-        let freed = self.shelf.discard(total - budget);
-        if freed > 0 {
-            total = total.saturating_sub(freed);
-            if total <= budget {
-                return 0;
-            }
+        total = total.saturating_sub(self.shelf.discard(total - budget));
+        if total <= budget {
+            return 0;
         }
         let runs = self.list();
         let mut finished: Vec<(SystemTime, &Arc<Run>)> = runs

@@ -124,7 +124,8 @@ impl Shelf {
     }
 
     /// Bytes on the shelf.
-    pub fn bytes(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> u64 {
         self.lock().iter().map(|f| f.size).sum()
     }
 }
