@@ -26,6 +26,7 @@ pub mod address;
 pub mod events;
 pub mod handoff;
 pub mod listen;
+pub mod lookahead;
 
 /// Converts between `SystemTime` and protobuf timestamps.
 pub mod time {
