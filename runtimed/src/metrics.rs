@@ -66,7 +66,7 @@ impl Default for Metrics {
         let spool_files_recycled = Counter::default();
         registry.register(
             "spool_files_recycled",
-            "Spool data files of removed logs written over by a new Run's log instead of creating a new file",
+            "Spool files of removed logs (data and index) written over by a new Run's log instead of creating new ones",
             spool_files_recycled.clone(),
         );
         Metrics {

@@ -388,7 +388,7 @@ impl Registry {
         self.spool_usage.clone()
     }
 
-    /// The recycled data files new spools take from and removed ones go to.
+    /// The recycled spool files new spools take from and removed ones go to.
     pub fn shelf(&self) -> Arc<Shelf> {
         self.shelf.clone()
     }

@@ -1,49 +1,69 @@
-//! Recycled spool data files. When a Run's log is removed (Forget, or
-//! `--max-finished-runs`), a data file of at least [`MIN_BYTES`] is put on
-//! this shelf instead of being deleted, and the next Run whose output
-//! outgrows the in-memory hold takes it and writes over it in place, as
-//! databases recycle WAL segments. Its blocks stay allocated and its
-//! page-cache pages stay cached, so that Run pays neither ext4's allocation
-//! nor fresh page-cache pages, the dominant cost of spooling a fast writer
-//! (on VMs with free page reporting a fresh page faults in the host first).
+//! Recycled spool files. When a Run's log is removed (Forget, or
+//! `--max-finished-runs`), its data and index files are put on this shelf
+//! instead of being deleted, and the next Run that needs files takes them
+//! and writes over them in place, as databases recycle WAL segments.
 //!
-//! Bounds: at most [`MAX_FILES`] files; their bytes stay in the spool
-//! budget's gauge, and the budget discards them before any log is evicted.
-//! A shelved file is named `.recycled-N.log` in the spool directory (Run ids
-//! never start with '.'); leftovers of an earlier process are deleted at
-//! start-up.
+//! A large data file (at least [`LARGE_BYTES`]) keeps its blocks allocated
+//! and its page-cache pages cached, so the next Run whose output outgrows
+//! the in-memory hold pays neither ext4's allocation nor fresh page-cache
+//! pages, the dominant cost of spooling a fast writer (on VMs with free page
+//! reporting a fresh page faults in the host first). A small pair spares a
+//! short Run's log the creation of two inodes and the deletion of two more,
+//! the costliest part of keeping it (on ext4 without a journal, creating an
+//! inode walks past every inode freed in the last minutes: 0.2-1 ms each
+//! under a steady churn of Runs).
+//!
+//! Bounds: at most [`MAX_LARGE`] large and [`MAX_SMALL`] small pairs; their
+//! data bytes stay in the spool budget's gauge, and the budget discards them
+//! before any log is evicted. A shelved index is always empty (it is emptied
+//! before it is shelved, so no crash can leave a Run with another's
+//! records). Shelved files are named `.recycled-N.log` and `.recycled-N.idx`
+//! in the spool directory (Run ids never start with '.'); leftovers of an
+//! earlier process are deleted at start-up.
 
 use prometheus_client::metrics::counter::Counter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Smaller data files are deleted: recycling them saves little.
-pub const MIN_BYTES: u64 = 1 << 20;
-/// Files kept at most.
-pub const MAX_FILES: usize = 2;
+/// Data files of at least this size are large: kept for output that
+/// outgrows the hold, never handed to a short log.
+pub const LARGE_BYTES: u64 = 1 << 20;
+/// Large pairs kept at most.
+pub const MAX_LARGE: usize = 2;
+/// Small pairs kept at most: a burst of short Runs forgotten together.
+pub const MAX_SMALL: usize = 16;
 
 const PREFIX: &str = ".recycled-";
 
 struct Shelved {
-    path: PathBuf,
+    data: PathBuf,
+    /// `None` when the index could not be shelved with its data file.
+    idx: Option<PathBuf>,
     size: u64,
+}
+
+impl Shelved {
+    fn large(&self) -> bool {
+        self.size >= LARGE_BYTES
+    }
 }
 
 #[derive(Default)]
 pub struct Shelf {
+    /// Oldest first.
     files: Mutex<Vec<Shelved>>,
     names: AtomicU64,
-    /// The spool budget's gauge, which counts the shelved files' bytes: the
-    /// shelf takes off what it deletes or loses.
+    /// The spool budget's gauge, which counts the shelved data files' bytes:
+    /// the shelf takes off what it deletes or loses.
     usage: Arc<AtomicU64>,
-    /// Files taken (`runtimed_spool_files_recycled_total`).
+    /// Data files taken (`runtimed_spool_files_recycled_total`).
     recycled: Counter,
 }
 
 impl Shelf {
-    /// A shelf whose files count in `usage` and that counts the files it
-    /// hands out in `recycled`.
+    /// A shelf whose files count in `usage` and that counts the data files
+    /// it hands out in `recycled`.
     pub fn new(usage: Arc<AtomicU64>, recycled: Counter) -> Shelf {
         Shelf {
             usage,
@@ -69,53 +89,85 @@ impl Shelf {
             .count()
     }
 
-    /// Moves a removed log's data file of `size` bytes onto the shelf; false
-    /// when it does not qualify (too small, shelf full, rename failed) and
-    /// the caller deletes it. Its bytes stay counted in the spool gauge.
-    pub fn put(&self, data_path: &Path, size: u64) -> bool {
-        if size < MIN_BYTES {
-            return false;
-        }
+    /// Moves a removed log's files (a data file of `size` bytes and its
+    /// index, emptied first) onto the shelf; false when they do not fit
+    /// (that class is full, the rename failed) and the caller deletes them.
+    /// The data bytes stay counted in the spool gauge.
+    pub fn put(&self, data: &Path, idx: &Path, size: u64) -> bool {
         let mut files = self.lock();
-        if files.len() >= MAX_FILES {
+        let (large, max) = match size >= LARGE_BYTES {
+            true => (true, MAX_LARGE),
+            false => (false, MAX_SMALL),
+        };
+        if files.iter().filter(|f| f.large() == large).count() >= max {
             return false;
         }
         let n = self.names.fetch_add(1, Ordering::Relaxed);
-        let path = data_path.with_file_name(format!("{PREFIX}{n}.log"));
-        if std::fs::rename(data_path, &path).is_err() {
+        let shelved = |ext: &str| data.with_file_name(format!("{PREFIX}{n}.{ext}"));
+        let (data_to, idx_to) = (shelved("log"), shelved("idx"));
+        if std::fs::rename(data, &data_to).is_err() {
             return false;
         }
-        files.push(Shelved { path, size });
+        let idx =
+            match nix::unistd::truncate(idx, 0).is_ok() && std::fs::rename(idx, &idx_to).is_ok() {
+                true => Some(idx_to),
+                false => {
+                    let _ = std::fs::remove_file(idx);
+                    None
+                }
+            };
+        files.push(Shelved {
+            data: data_to,
+            idx,
+            size,
+        });
         true
     }
 
-    /// Renames the most recently shelved file to `data_path` and returns its
-    /// size (still counted in the gauge, now on the taker's behalf).
-    pub fn take(&self, data_path: &Path) -> Option<u64> {
+    /// Renames the newest fitting pair to `data` and `idx` (a large one
+    /// first when `large_ok`, else only a small one) and returns the data
+    /// file's size, still counted in the gauge, now on the taker's behalf.
+    /// The index is empty; without one on the shelf, none is put at `idx`.
+    pub fn take(&self, data: &Path, idx: &Path, large_ok: bool) -> Option<u64> {
         let mut files = self.lock();
-        while let Some(f) = files.pop() {
-            if std::fs::rename(&f.path, data_path).is_ok() {
+        loop {
+            let newest = |large: bool| files.iter().rposition(|f| f.large() == large);
+            let at = match large_ok {
+                true => newest(true).or_else(|| newest(false)),
+                false => newest(false),
+            }?;
+            let f = files.remove(at);
+            if std::fs::rename(&f.data, data).is_ok() {
+                if let Some(shelved) = &f.idx
+                    && std::fs::rename(shelved, idx).is_err()
+                {
+                    let _ = std::fs::remove_file(shelved);
+                }
                 self.recycled.inc();
                 return Some(f.size);
             }
             // Gone under us (someone cleaned the directory): try the next.
-            tracing::warn!(path = %f.path.display(), "a recycled spool file could not be taken");
+            tracing::warn!(path = %f.data.display(), "a recycled spool file could not be taken");
+            if let Some(shelved) = &f.idx {
+                let _ = std::fs::remove_file(shelved);
+            }
             self.usage.fetch_sub(f.size, Ordering::Relaxed);
         }
-        None
     }
 
-    /// Deletes shelved files, oldest first, until at least `want` bytes are
+    /// Deletes shelved pairs, oldest first, until at least `want` bytes are
     /// freed or none is left; they leave the gauge. Returns the bytes freed.
     pub fn discard(&self, want: u64) -> u64 {
         let mut files = self.lock();
         let mut freed = 0;
         while freed < want && !files.is_empty() {
             let f = files.remove(0);
-            if let Err(e) = std::fs::remove_file(&f.path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %f.path.display(), error = %e, "cannot delete a recycled spool file");
+            for path in std::iter::once(&f.data).chain(&f.idx) {
+                if let Err(e) = std::fs::remove_file(path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete a recycled spool file");
+                }
             }
             freed += f.size;
         }
@@ -123,7 +175,7 @@ impl Shelf {
         freed
     }
 
-    /// Bytes on the shelf.
+    /// Data bytes on the shelf.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> u64 {
         self.lock().iter().map(|f| f.size).sum()
@@ -134,51 +186,80 @@ impl Shelf {
 mod tests {
     use super::*;
 
-    fn file(dir: &Path, name: &str, size: u64) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
-        p
+    /// A removed log's pair: a data file of `size` bytes and a non-empty index.
+    fn pair(dir: &Path, name: &str, size: u64) -> (PathBuf, PathBuf) {
+        let (data, idx) = (
+            dir.join(format!("{name}.log")),
+            dir.join(format!("{name}.idx")),
+        );
+        std::fs::File::create(&data).unwrap().set_len(size).unwrap();
+        std::fs::write(&idx, [7u8; 64]).unwrap();
+        (data, idx)
+    }
+
+    fn shelved(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(PREFIX))
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
     fn put_take_discard_within_bounds() {
         let dir = tempfile::tempdir().unwrap();
         let taken = Counter::default();
-        // The gauge as spools leave it: the shelved files' bytes counted.
-        let usage = Arc::new(AtomicU64::new(3 * MIN_BYTES));
-        let shelf = Shelf::new(usage.clone(), taken.clone());
-        // Too small: stays where it is, for the caller to delete.
-        let small = file(dir.path(), "s.log", MIN_BYTES - 1);
-        assert!(!shelf.put(&small, MIN_BYTES - 1));
-        assert!(small.exists());
-        for (i, size) in [MIN_BYTES, 2 * MIN_BYTES].into_iter().enumerate() {
-            let p = file(dir.path(), &format!("r{i}.log"), size);
-            assert!(shelf.put(&p, size));
-            assert!(!p.exists());
+        let (large, small) = (LARGE_BYTES, 4096);
+        let shelf = Shelf::new(Default::default(), taken.clone());
+        for i in 0..MAX_LARGE as u64 {
+            let (data, idx) = pair(dir.path(), &format!("l{i}"), large + i);
+            assert!(shelf.put(&data, &idx, large + i));
+            assert!(!data.exists() && !idx.exists());
         }
-        let third = file(dir.path(), "r2.log", MIN_BYTES);
-        assert!(!shelf.put(&third, MIN_BYTES), "at most MAX_FILES");
-        assert_eq!(shelf.bytes(), 3 * MIN_BYTES);
+        let (data, idx) = pair(dir.path(), "l", large);
+        assert!(!shelf.put(&data, &idx, large), "at most MAX_LARGE");
+        assert!(data.exists() && idx.exists(), "left for the caller");
+        for i in 0..MAX_SMALL as u64 {
+            let (data, idx) = pair(dir.path(), &format!("s{i}"), small + i);
+            assert!(
+                shelf.put(&data, &idx, small + i),
+                "small ones have room of their own"
+            );
+        }
+        let (data, idx) = pair(dir.path(), "s", small);
+        assert!(!shelf.put(&data, &idx, small), "at most MAX_SMALL");
+        assert_eq!(shelved(dir.path()).len(), 2 * (MAX_LARGE + MAX_SMALL));
 
-        // The newest first; the file keeps its bytes.
-        let new = dir.path().join("new.log");
-        assert_eq!(shelf.take(&new), Some(2 * MIN_BYTES));
-        assert_eq!(std::fs::metadata(&new).unwrap().len(), 2 * MIN_BYTES);
-        assert_eq!(taken.get(), 1);
-        assert_eq!(shelf.discard(1), MIN_BYTES);
-        assert_eq!(shelf.bytes(), 0);
+        // A short log gets the newest small pair, never a large one; the
+        // index comes empty, the data file with its bytes.
+        let (d, i) = (dir.path().join("short.log"), dir.path().join("short.idx"));
+        let last_small = small + MAX_SMALL as u64 - 1;
+        assert_eq!(shelf.take(&d, &i, false), Some(last_small));
+        assert_eq!(std::fs::metadata(&d).unwrap().len(), last_small);
+        assert_eq!(std::fs::metadata(&i).unwrap().len(), 0);
+        // A growing log gets the newest large pair first.
+        let (d, i) = (dir.path().join("big.log"), dir.path().join("big.idx"));
+        assert_eq!(shelf.take(&d, &i, true), Some(large + 1));
+        assert_eq!(taken.get(), 2);
+
+        // The budget: oldest first, both files go.
+        assert_eq!(shelf.discard(1), large);
         assert_eq!(
-            usage.load(Ordering::Relaxed),
-            2 * MIN_BYTES,
-            "the taken file's bytes stay, now the taker's"
+            shelf.bytes(),
+            (0..MAX_SMALL as u64 - 1).map(|i| small + i).sum::<u64>()
         );
-        assert_eq!(shelf.take(&dir.path().join("none.log")), None);
-        let left: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with(PREFIX))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        let (d, i) = (dir.path().join("b2.log"), dir.path().join("b2.idx"));
+        assert_eq!(
+            shelf.take(&d, &i, true),
+            Some(small + MAX_SMALL as u64 - 2),
+            "no large one left"
+        );
+        shelf.discard(u64::MAX);
+        assert_eq!(shelf.bytes(), 0);
+        assert!(shelved(dir.path()).is_empty(), "{:?}", shelved(dir.path()));
+        assert_eq!(shelf.take(&d, &i, false), None);
     }
 
     /// A shelved file deleted behind runtimed's back is not handed out, and
@@ -186,12 +267,14 @@ mod tests {
     #[test]
     fn a_lost_shelved_file_leaves_the_gauge() {
         let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(AtomicU64::new(MIN_BYTES));
+        let usage = Arc::new(AtomicU64::new(LARGE_BYTES));
         let shelf = Shelf::new(usage.clone(), Counter::default());
-        let p = file(dir.path(), "r.log", MIN_BYTES);
-        assert!(shelf.put(&p, MIN_BYTES));
-        assert_eq!(Shelf::clear_leftovers(dir.path()), 1);
-        assert_eq!(shelf.take(&dir.path().join("new.log")), None);
+        let (data, idx) = pair(dir.path(), "r", LARGE_BYTES);
+        assert!(shelf.put(&data, &idx, LARGE_BYTES));
+        assert_eq!(Shelf::clear_leftovers(dir.path()), 2);
+        let (d, i) = (dir.path().join("new.log"), dir.path().join("new.idx"));
+        assert_eq!(shelf.take(&d, &i, true), None);
+        assert!(!i.exists());
         assert_eq!((shelf.bytes(), usage.load(Ordering::Relaxed)), (0, 0));
     }
 
@@ -199,11 +282,11 @@ mod tests {
     fn leftovers_of_an_earlier_process_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let shelf = Shelf::default();
-        let p = file(dir.path(), "r.log", MIN_BYTES);
-        assert!(shelf.put(&p, MIN_BYTES));
-        let run_log = file(dir.path(), "other.log", 10);
-        assert_eq!(Shelf::clear_leftovers(dir.path()), 1);
-        assert!(run_log.exists());
+        let (data, idx) = pair(dir.path(), "r", 10);
+        assert!(shelf.put(&data, &idx, 10));
+        let (run_log, run_idx) = pair(dir.path(), "other", 10);
+        assert_eq!(Shelf::clear_leftovers(dir.path()), 2);
+        assert!(run_log.exists() && run_idx.exists());
         assert_eq!(Shelf::clear_leftovers(dir.path()), 0);
     }
 }

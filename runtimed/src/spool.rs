@@ -33,9 +33,11 @@
 //! zero-length marker record at the cap says where (followers get an in-band
 //! Truncated event there).
 //!
-//! A Run whose output outgrows the hold may take a recycled data file from
-//! the [`Shelf`] (a removed log's, with its blocks and cached pages) and
-//! write over it: data is written at explicit offsets, never appended, and
+//! A Run's files may be a removed log's, taken from the [`Shelf`]: a large
+//! pair (with its blocks and cached pages) for output that outgrows the
+//! hold, a small one for a short log that is persisted, sparing two inodes.
+//! The index comes empty; the data file is written over: data is written
+//! at explicit offsets, never appended, and
 //! the stale bytes past the log's length are never read (the index bounds
 //! every read, and [`Spool::open`] trims them after a crash); when the log
 //! is closed the file is cut to the log's length.
@@ -371,8 +373,8 @@ impl Spool {
     }
 
     /// Creates both files for an append (not after the log is closed) and
-    /// writes what was held; the output outgrew the hold, so the data file
-    /// may be a recycled one.
+    /// writes what was held; the output outgrew the hold, so a large
+    /// recycled pair suits it best.
     fn create_files(&self, inner: &mut Inner) -> std::io::Result<()> {
         if self.progress().closed {
             // Its handles are gone; a late append must not re-create the files.
@@ -381,12 +383,18 @@ impl Spool {
         self.open_files(inner, true)
     }
 
-    /// Creates both files (once) and writes the held output into them.
-    fn open_files(&self, inner: &mut Inner, recycle: bool) -> std::io::Result<()> {
+    /// Creates both files (once; from a recycled pair when the shelf has
+    /// one that fits, a large one only if `large_ok`) and writes the held
+    /// output into them.
+    fn open_files(&self, inner: &mut Inner, large_ok: bool) -> std::io::Result<()> {
         if inner.removed {
             return Err(std::io::Error::other("the spool was removed"));
         }
         if inner.idx_file.is_none() && !inner.created {
+            let recycled = self
+                .shelf
+                .as_ref()
+                .and_then(|shelf| shelf.take(&self.data_path, &self.idx_path, large_ok));
             let open = |p: &Path, append: bool| {
                 OpenOptions::new()
                     .read(true)
@@ -404,14 +412,11 @@ impl Spool {
                 }
                 r => r?,
             };
-            // A stale index of an unknown earlier Run with this id is emptied.
+            // A stale index of an unknown earlier Run with this id is emptied
+            // (a recycled one is empty already).
             if idx_file.metadata()?.len() > 0 {
                 idx_file.set_len(0)?;
             }
-            let recycled = match (&self.shelf, recycle) {
-                (Some(shelf), true) => shelf.take(&self.data_path),
-                _ => None,
-            };
             let data = open(&self.data_path, false)?;
             match recycled {
                 Some(size) => {
@@ -441,9 +446,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes held output to the files (creating them); for a finished Run,
-    /// once its result has gone out. The handles are dropped again if the
-    /// log is closed.
+    /// Writes held output to the files (creating them, or taking a small
+    /// recycled pair); for a finished Run, once its result has gone out.
+    /// The handles are dropped again if the log is closed.
     pub fn persist(&self) -> std::io::Result<()> {
         let mut inner = self.lock();
         if inner.held.is_empty() {
@@ -451,10 +456,30 @@ impl Spool {
         }
         self.open_files(&mut inner, false)?;
         if self.progress().closed {
+            self.cut_stale_tail(&mut inner);
             inner.idx_file = None;
             inner.data = None;
         }
         Ok(())
+    }
+
+    /// Cuts a recycled data file's stale bytes past the log: a finished
+    /// log's file is exactly its length (and so is the gauge).
+    fn cut_stale_tail(&self, inner: &mut Inner) {
+        if inner.reserved <= inner.len {
+            return;
+        }
+        let Some(data) = &inner.data else { return };
+        match data.set_len(inner.len) {
+            Ok(()) => {
+                self.usage
+                    .fetch_sub(inner.reserved - inner.len, Ordering::Relaxed);
+                inner.reserved = 0;
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.data_path.display(), error = %e, "cannot cut a recycled spool file to its log")
+            }
+        }
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -673,22 +698,7 @@ impl Spool {
     /// and keeps the last record in memory only if it is small.
     pub fn close(&self) {
         let mut inner = self.lock();
-        if inner.reserved > inner.len
-            && let Some(data) = &inner.data
-        {
-            // The recycled file's stale tail goes: a finished log's file
-            // is exactly its length (and so is the gauge).
-            match data.set_len(inner.len) {
-                Ok(()) => {
-                    self.usage
-                        .fetch_sub(inner.reserved - inner.len, Ordering::Relaxed);
-                    inner.reserved = 0;
-                }
-                Err(e) => {
-                    tracing::warn!(path = %self.data_path.display(), error = %e, "cannot cut a recycled spool file to its log")
-                }
-            }
-        }
+        self.cut_stale_tail(&mut inner);
         inner.idx_file = None;
         inner.data = None;
         // A copy: the slice may share a much larger receive buffer.
@@ -902,11 +912,11 @@ impl Spool {
                 && self
                     .shelf
                     .as_ref()
-                    .is_some_and(|s| s.put(&self.data_path, size));
+                    .is_some_and(|s| s.put(&self.data_path, &self.idx_path, size));
             if !shelved {
                 let _ = std::fs::remove_file(&self.data_path);
+                let _ = std::fs::remove_file(&self.idx_path);
             }
-            let _ = std::fs::remove_file(&self.idx_path);
         }
         if !shelved {
             self.usage.fetch_sub(size, Ordering::Relaxed);
@@ -1139,7 +1149,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let usage = Arc::new(AtomicU64::new(0));
         let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
-        let big = crate::shelf::MIN_BYTES + 4096;
+        let big = crate::shelf::LARGE_BYTES + 4096;
         let spool = |id: &str| {
             Spool::create(dir.path(), id, 1 << 30, usage.clone()).with_shelf(shelf.clone())
         };
@@ -1157,7 +1167,7 @@ mod tests {
             "the shelf keeps its bytes counted"
         );
 
-        // A short Run's log (persisted after its result) gets a new file.
+        // A short Run's log (persisted after its result) does not take it.
         let short = spool("short");
         short
             .append(StreamKind::Stdout, 0, Bytes::from_static(b"hi"))
@@ -1166,8 +1176,9 @@ mod tests {
         short.persist().unwrap();
         assert_eq!(shelf.bytes(), big);
         short.remove();
+        assert_eq!(shelf.bytes(), big + 2, "its small pair is shelved too");
 
-        // One that outgrows the hold takes the shelf's file.
+        // One that outgrows the hold takes the large file.
         let new = spool("new");
         let held = vec![b'h'; 1000];
         new.append(StreamKind::Stdout, 0, Bytes::from(held.clone()))
@@ -1177,20 +1188,77 @@ mod tests {
             .unwrap();
         let path = dir.path().join("new.log");
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
-        assert_eq!(shelf.bytes(), 0);
+        assert_eq!(shelf.bytes(), 2);
         let len = (held.len() + more.len()) as u64;
         assert_eq!(new.progress().len, len);
         assert_eq!(read_all(&new), [held.as_slice(), more.as_slice()].concat());
-        assert_eq!(usage.load(Ordering::Relaxed), big, "max(len, file size)");
+        assert_eq!(
+            usage.load(Ordering::Relaxed),
+            big + 2,
+            "max(len, file size)"
+        );
         new.close();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
-        assert_eq!(usage.load(Ordering::Relaxed), len);
+        assert_eq!(usage.load(Ordering::Relaxed), len + 2);
         assert_eq!(read_all(&new), [held.as_slice(), more.as_slice()].concat());
-        // Too small for the shelf now: deleted, and the gauge is back to 0.
+        // Now a small pair itself.
         new.remove();
         assert!(!path.exists());
+        assert_eq!(shelf.bytes(), len + 2);
+        assert_eq!(usage.load(Ordering::Relaxed), len + 2);
+        assert_eq!(shelf.discard(u64::MAX), len + 2);
         assert_eq!(usage.load(Ordering::Relaxed), 0);
         assert_eq!(Shelf::clear_leftovers(dir.path()), 0);
+    }
+
+    /// A short log that is persisted takes a removed short log's pair (the
+    /// same two inodes): its index holds only its own records, its data
+    /// file is cut to its length, and it reads back (and recovers after a
+    /// restart) as exactly its own bytes.
+    #[test]
+    fn a_short_log_reuses_a_removed_short_logs_files() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(AtomicU64::new(0));
+        let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
+        let spool = |id: &str| {
+            Spool::create(dir.path(), id, 1 << 30, usage.clone()).with_shelf(shelf.clone())
+        };
+        let ino = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().ino();
+        let old = spool("old");
+        let old_out = vec![b'o'; 5000];
+        old.append(StreamKind::Stdout, 0, Bytes::from(old_out))
+            .unwrap();
+        old.append(StreamKind::Stderr, 0, Bytes::from_static(b"e"))
+            .unwrap();
+        old.close();
+        old.persist().unwrap();
+        let (old_log, old_idx) = (ino("old.log"), ino("old.idx"));
+        old.remove();
+        assert_eq!(shelf.bytes(), 5001);
+
+        let new = spool("new");
+        new.append(StreamKind::Stderr, 0, Bytes::from_static(b"err\n"))
+            .unwrap();
+        new.append(StreamKind::Stdout, 0, Bytes::from_static(b"out\n"))
+            .unwrap();
+        new.close();
+        new.persist().unwrap();
+        assert_eq!((ino("new.log"), ino("new.idx")), (old_log, old_idx));
+        assert_eq!(shelf.bytes(), 0);
+        let size = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().len();
+        assert_eq!(size("new.log"), 8, "cut to the log");
+        assert_eq!(
+            size("new.idx"),
+            2 * Record::SIZE as u64,
+            "only its own records"
+        );
+        assert_eq!(usage.load(Ordering::Relaxed), 8);
+        assert_eq!(read_all(&new), b"err\nout\n");
+        let again = Spool::open(dir.path(), "new", 1 << 30, true, Default::default()).unwrap();
+        assert_eq!(read_all(&again), b"err\nout\n");
+        let recovered = again.lock();
+        assert_eq!((recovered.stdout_len, recovered.stderr_len), (4, 4));
     }
 
     /// A recycled file's stale bytes past the log never show: not while it
@@ -1202,7 +1270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let usage = Arc::new(AtomicU64::new(0));
         let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
-        let big = vec![b'x'; 2 * crate::shelf::MIN_BYTES as usize];
+        let big = vec![b'x'; 2 * crate::shelf::LARGE_BYTES as usize];
         let old =
             Spool::create(dir.path(), "old", 1 << 30, usage.clone()).with_shelf(shelf.clone());
         old.append(StreamKind::Stdout, 0, Bytes::from(big.clone()))

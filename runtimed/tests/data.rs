@@ -221,16 +221,20 @@ fn recycled(d: &Daemon) -> Vec<u64> {
     std::fs::read_dir(d.dir.path().join("spool"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".recycled-"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(".recycled-") && name.ends_with(".log")
+        })
         .map(|e| e.metadata().unwrap().len())
         .collect()
 }
 
 /// A forgotten Run's large log file is recycled by the next Run that prints
-/// a lot (its Logs show only its own bytes), and under the spool budget the
-/// recycled file goes before any Run's log is evicted.
+/// a lot (its Logs show only its own bytes), a short log's files by the next
+/// short log, and under the spool budget the recycled files go before any
+/// Run's log is evicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forgotten_large_logs_are_recycled_and_yield_to_the_budget() {
+async fn forgotten_logs_are_recycled_and_yield_to_the_budget() {
     let metrics = free_port();
     let d = Daemon::start(&[
         "--spool-budget-bytes",
@@ -268,8 +272,8 @@ async fn forgotten_large_logs_are_recycled_and_yield_to_the_budget() {
     forget(&mut c, "next").await;
     assert_eq!(recycled(&d), [1_988_895]);
 
-    // Short Runs (their output held, then persisted) leave the shelf alone
-    // until the budget is exceeded: then the shelf goes, not their logs.
+    // Short Runs (their output held, then persisted) leave the large file
+    // alone until the budget is exceeded: then the shelf goes, not their logs.
     for id in ["a", "b", "c"] {
         let mut req = sh("seq 1 10000"); // 48894 bytes each
         req.run_id = id.into();
@@ -280,6 +284,41 @@ async fn forgotten_large_logs_are_recycled_and_yield_to_the_budget() {
         let data = log_of(&mut c, id).await;
         assert!(data == seq(10000), "{id}'s log is intact");
     }
+
+    // A forgotten short log's files serve the next short log.
+    let inode = |id: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let spool = d.dir.path().join("spool");
+        let ino = |ext: &str| {
+            std::fs::metadata(spool.join(format!("{id}.{ext}")))
+                .unwrap()
+                .ino()
+        };
+        (ino("log"), ino("idx"))
+    };
+    let a = inode("a");
+    forget(&mut c, "a").await;
+    assert_eq!(recycled(&d), [48894]);
+    let mut req = sh("seq 1 9000"); // 43893 bytes
+    req.run_id = "d".into();
+    execute(&mut c, req).await;
+    // Persisted just after the result went out.
+    for _ in 0..250 {
+        if recycled(&d).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(recycled(&d).is_empty(), "taken by the next short log");
+    assert_eq!(inode("d"), a);
+    assert!(log_of(&mut c, "d").await == seq(9000), "only its own bytes");
+    let file = d.dir.path().join("spool/d.log");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 43893);
+    let body = http_get(&metrics, "/metrics").await;
+    assert!(
+        body.contains("runtimed_spool_files_recycled_total 2"),
+        "{body}"
+    );
 }
 
 /// Spool files of finished Runs (kept until Forget or eviction) hold no

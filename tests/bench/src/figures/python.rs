@@ -79,6 +79,13 @@ async fn through_runtimed(client: &mut Client) -> Result<Duration> {
             String::from_utf8_lossy(&out.stdout)
         )));
     }
+    // As a client done with a Run does (and the data-plane figures): its log
+    // is removed, so runtimed's CPU per Run includes a steady state's churn.
+    if let Some(run) = out.run {
+        let _ = client
+            .forget(kruntimes_proto::runtimed::v1::ForgetRequest { run_id: run.run_id })
+            .await;
+    }
     Ok(d)
 }
 
