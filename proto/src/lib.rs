@@ -26,7 +26,6 @@ pub mod address;
 pub mod events;
 pub mod handoff;
 pub mod listen;
-pub mod lookahead;
 
 /// Converts between `SystemTime` and protobuf timestamps.
 pub mod time {

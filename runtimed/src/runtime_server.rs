@@ -3,7 +3,6 @@
 //! supervisor; external ones are probed with the readiness handshake.
 
 pub use kruntimes_proto::address::Address;
-use kruntimes_proto::lookahead::LookaheadRequests;
 use kruntimes_proto::runtime::v1 as rpb;
 use rpb::runtime_server_client::RuntimeServerClient;
 use std::time::Duration;
@@ -12,10 +11,6 @@ use tonic::transport::Channel;
 
 /// Messages up to this size; chunks are at most 256 KiB, so this is headroom.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
-
-/// A client of a Runtime Server; its requests end in their last DATA frame
-/// (one write each instead of three, see `lookahead`).
-pub type Client = RuntimeServerClient<LookaheadRequests<Channel>>;
 
 /// Health of a Runtime Server as runtimed sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +31,13 @@ pub struct Health {
 pub struct RuntimeServer {
     pub name: String,
     pub address: Address,
-    client: Client,
+    client: RuntimeServerClient<Channel>,
     health: watch::Sender<Health>,
 }
 
 impl RuntimeServer {
     pub fn new(name: String, address: Address) -> Result<RuntimeServer, tonic::transport::Error> {
-        let client = RuntimeServerClient::new(LookaheadRequests(address.channel()?))
+        let client = RuntimeServerClient::new(address.channel()?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let health = watch::channel(Health {
@@ -61,7 +56,7 @@ impl RuntimeServer {
         })
     }
 
-    pub fn client(&self) -> Client {
+    pub fn client(&self) -> RuntimeServerClient<Channel> {
         self.client.clone()
     }
 

@@ -269,7 +269,9 @@ impl State {
 /// Calls the Runtime Server's Start and reads its first event, `started`.
 /// Returns it with the rest of the stream (output, then the exit).
 async fn start_execution(
-    client: &mut crate::runtime_server::Client,
+    client: &mut kruntimes_proto::runtime::v1::runtime_server_client::RuntimeServerClient<
+        tonic::transport::Channel,
+    >,
     req: rpb::StartRequest,
 ) -> std::result::Result<(rpb::Started, Events), Status> {
     let mut events = Events::new(client.start(req).await?.into_inner());
