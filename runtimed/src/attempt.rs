@@ -28,6 +28,21 @@ const REATTACH_PATIENCE: Duration = Duration::from_secs(60);
 /// path of the result to the client).
 const TIDY_DELAY: Duration = Duration::from_millis(1);
 
+/// How long the rest of an execution's stream (the server's trailers) is
+/// waited for after its exit.
+const TRAILERS_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Reads what is left of a Start or Attach stream after the exit (the
+/// server's trailers, which may follow in a write of their own) on a task of
+/// its own, instead of dropping the stream: a dropped stream is reset
+/// (RST_STREAM CANCEL), and the server handles its call as cancelled.
+fn read_to_end(mut stream: Events) {
+    tokio::spawn(async move {
+        let rest = async { while let Ok(Some(_)) = stream.message().await {} };
+        let _ = tokio::time::timeout(TRAILERS_PATIENCE, rest).await;
+    });
+}
+
 pub struct Attempt {
     pub run: Arc<Run>,
     pub server: Arc<RuntimeServer>,
@@ -284,6 +299,7 @@ impl Attempt {
                                 }
                             }
                             Some(rpb::execution_event::Event::Exited(mut e)) => {
+                                read_to_end(stream);
                                 for note in drains.finish().await? {
                                     e.message = if e.message.is_empty() {
                                         note
