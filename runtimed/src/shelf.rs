@@ -95,10 +95,8 @@ impl Shelf {
     /// The data bytes stay counted in the spool gauge.
     pub fn put(&self, data: &Path, idx: &Path, size: u64) -> bool {
         let mut files = self.lock();
-        let (large, max) = match size >= LARGE_BYTES {
-            true => (true, MAX_LARGE),
-            false => (false, MAX_SMALL),
-        };
+        let large = size >= LARGE_BYTES;
+        let max = if large { MAX_LARGE } else { MAX_SMALL };
         if files.iter().filter(|f| f.large() == large).count() >= max {
             return false;
         }
@@ -108,14 +106,13 @@ impl Shelf {
         if std::fs::rename(data, &data_to).is_err() {
             return false;
         }
-        let idx =
-            match nix::unistd::truncate(idx, 0).is_ok() && std::fs::rename(idx, &idx_to).is_ok() {
-                true => Some(idx_to),
-                false => {
-                    let _ = std::fs::remove_file(idx);
-                    None
-                }
-            };
+        let idx = if nix::unistd::truncate(idx, 0).is_ok() && std::fs::rename(idx, &idx_to).is_ok()
+        {
+            Some(idx_to)
+        } else {
+            let _ = std::fs::remove_file(idx);
+            None
+        };
         files.push(Shelved {
             data: data_to,
             idx,
@@ -132,9 +129,10 @@ impl Shelf {
         let mut files = self.lock();
         loop {
             let newest = |large: bool| files.iter().rposition(|f| f.large() == large);
-            let at = match large_ok {
-                true => newest(true).or_else(|| newest(false)),
-                false => newest(false),
+            let at = if large_ok {
+                newest(true).or_else(|| newest(false))
+            } else {
+                newest(false)
             }?;
             let f = files.remove(at);
             if std::fs::rename(&f.data, data).is_ok() {

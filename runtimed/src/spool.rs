@@ -390,60 +390,78 @@ impl Spool {
         if inner.removed {
             return Err(std::io::Error::other("the spool was removed"));
         }
-        if inner.idx_file.is_none() && !inner.created {
-            let recycled = self
-                .shelf
-                .as_ref()
-                .and_then(|shelf| shelf.take(&self.data_path, &self.idx_path, large_ok));
-            let open = |p: &Path, append: bool| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .append(append)
-                    .create(true)
-                    .open(p)
-            };
-            let mut idx_file = match open(&self.idx_path, true) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if let Some(dir) = self.idx_path.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    open(&self.idx_path, true)?
-                }
-                r => r?,
-            };
-            // A stale index of an unknown earlier Run with this id is emptied
-            // (a recycled one is empty already).
-            if idx_file.metadata()?.len() > 0 {
-                idx_file.set_len(0)?;
-            }
-            let data = open(&self.data_path, false)?;
-            match recycled {
-                Some(size) => {
-                    // The shelf's bytes were in the gauge already; the
-                    // held ones are written over part of them.
-                    inner.reserved = size;
-                    self.usage.fetch_sub(inner.len.min(size), Ordering::Relaxed);
-                }
-                // Likewise a stale data file is emptied.
-                None if data.metadata()?.len() > 0 => data.set_len(0)?,
-                None => {}
-            }
-            // Everything so far was held: the index has no marker yet (a
-            // truncation creates the files first).
-            data.write_all_at(&inner.held, 0)?;
-            let records: Vec<u8> = inner
-                .index
-                .iter()
-                .flat_map(|r| r.encode(r.stream.code()))
-                .collect();
-            idx_file.write_all(&records)?;
-            inner.held = Vec::new();
-            inner.idx_file = Some(idx_file);
-            inner.data = Some(Arc::new(data));
-            inner.created = true;
+        if inner.idx_file.is_some() || inner.created {
+            return Ok(());
         }
+        let recycled = self
+            .shelf
+            .as_ref()
+            .and_then(|shelf| shelf.take(&self.data_path, &self.idx_path, large_ok));
+        let (idx_file, data) = match self.write_held(inner, recycled.is_some()) {
+            Ok(files) => files,
+            Err(e) => {
+                if let Some(size) = recycled {
+                    // Of no use to this log: deleted, its bytes leave the gauge.
+                    let _ = std::fs::remove_file(&self.data_path);
+                    let _ = std::fs::remove_file(&self.idx_path);
+                    self.usage.fetch_sub(size, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(size) = recycled {
+            // The shelf's bytes were in the gauge already; the held ones
+            // were written over part of them.
+            inner.reserved = size;
+            self.usage.fetch_sub(inner.len.min(size), Ordering::Relaxed);
+        }
+        inner.held = Vec::new();
+        inner.idx_file = Some(idx_file);
+        inner.data = Some(Arc::new(data));
+        inner.created = true;
         Ok(())
+    }
+
+    /// Opens (creating) both files and writes the held output and its index
+    /// records into them; a `recycled` data file keeps its stale bytes past
+    /// the log, any other is emptied, and so is any index.
+    fn write_held(&self, inner: &Inner, recycled: bool) -> std::io::Result<(File, File)> {
+        let open = |p: &Path, append: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .append(append)
+                .create(true)
+                .open(p)
+        };
+        let mut idx_file = match open(&self.idx_path, true) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = self.idx_path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                open(&self.idx_path, true)?
+            }
+            r => r?,
+        };
+        // A stale index of an unknown earlier Run with this id is emptied (a
+        // recycled one is empty already), and so is such a data file.
+        if idx_file.metadata()?.len() > 0 {
+            idx_file.set_len(0)?;
+        }
+        let data = open(&self.data_path, false)?;
+        if !recycled && data.metadata()?.len() > 0 {
+            data.set_len(0)?;
+        }
+        // Everything so far was held: the index has no marker yet (a
+        // truncation creates the files first).
+        data.write_all_at(&inner.held, 0)?;
+        let records: Vec<u8> = inner
+            .index
+            .iter()
+            .flat_map(|r| r.encode(r.stream.code()))
+            .collect();
+        idx_file.write_all(&records)?;
+        Ok((idx_file, data))
     }
 
     /// Writes held output to the files (creating them, or taking a small
@@ -1259,6 +1277,38 @@ mod tests {
         assert_eq!(read_all(&again), b"err\nout\n");
         let recovered = again.lock();
         assert_eq!((recovered.stdout_len, recovered.stderr_len), (4, 4));
+    }
+
+    /// A recycled pair a log cannot use (here its index path is taken by a
+    /// directory) is deleted, and its bytes leave the gauge; the log keeps
+    /// its held output.
+    #[test]
+    fn a_recycled_pair_that_cannot_be_used_is_deleted_with_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(AtomicU64::new(0));
+        let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
+        let spool = |id: &str| {
+            Spool::create(dir.path(), id, 1 << 30, usage.clone()).with_shelf(shelf.clone())
+        };
+        let old = spool("old");
+        old.append(StreamKind::Stdout, 0, Bytes::from(vec![b'o'; 5000]))
+            .unwrap();
+        old.close();
+        old.persist().unwrap();
+        old.remove();
+        assert_eq!((shelf.bytes(), usage.load(Ordering::Relaxed)), (5000, 5000));
+
+        std::fs::create_dir(dir.path().join("new.idx")).unwrap();
+        let new = spool("new");
+        new.append(StreamKind::Stdout, 0, Bytes::from_static(b"hi"))
+            .unwrap();
+        new.close();
+        assert!(new.persist().is_err());
+        assert_eq!(shelf.bytes(), 0);
+        assert_eq!(usage.load(Ordering::Relaxed), 2, "only the held bytes");
+        assert!(!dir.path().join("new.log").exists());
+        assert_eq!(Shelf::clear_leftovers(dir.path()), 0);
+        assert_eq!(read_all(&new), b"hi");
     }
 
     /// A recycled file's stale bytes past the log never show: not while it
