@@ -1157,6 +1157,28 @@ mod tests {
         }
     }
 
+    /// Spools in a temporary directory that recycle through one shelf and
+    /// count in one gauge.
+    struct Recycling {
+        dir: tempfile::TempDir,
+        usage: Arc<AtomicU64>,
+        shelf: Arc<Shelf>,
+    }
+
+    impl Recycling {
+        fn new() -> Self {
+            let usage = Arc::new(AtomicU64::new(0));
+            let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
+            let dir = tempfile::tempdir().unwrap();
+            Recycling { dir, usage, shelf }
+        }
+
+        fn spool(&self, id: &str) -> Spool {
+            Spool::create(self.dir.path(), id, 1 << 30, self.usage.clone())
+                .with_shelf(self.shelf.clone())
+        }
+    }
+
     /// A removed log's data file goes on the shelf; the next log that
     /// outgrows the hold writes over it in place (same inode), shows only
     /// its own bytes, is cut to its length when closed, and the gauge
@@ -1164,13 +1186,10 @@ mod tests {
     #[test]
     fn a_large_removed_log_is_recycled_by_the_next_large_one() {
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(AtomicU64::new(0));
-        let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
+        let f = Recycling::new();
+        let (dir, usage, shelf) = (&f.dir, &f.usage, &f.shelf);
+        let spool = |id: &str| f.spool(id);
         let big = crate::shelf::LARGE_BYTES + 4096;
-        let spool = |id: &str| {
-            Spool::create(dir.path(), id, 1 << 30, usage.clone()).with_shelf(shelf.clone())
-        };
         let old = spool("old");
         old.append(StreamKind::Stdout, 0, Bytes::from(vec![b'o'; big as usize]))
             .unwrap();
@@ -1236,12 +1255,9 @@ mod tests {
     #[test]
     fn a_short_log_reuses_a_removed_short_logs_files() {
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(AtomicU64::new(0));
-        let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
-        let spool = |id: &str| {
-            Spool::create(dir.path(), id, 1 << 30, usage.clone()).with_shelf(shelf.clone())
-        };
+        let f = Recycling::new();
+        let (dir, usage, shelf) = (&f.dir, &f.usage, &f.shelf);
+        let spool = |id: &str| f.spool(id);
         let ino = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().ino();
         let old = spool("old");
         let old_out = vec![b'o'; 5000];
@@ -1284,12 +1300,9 @@ mod tests {
     /// its held output.
     #[test]
     fn a_recycled_pair_that_cannot_be_used_is_deleted_with_its_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(AtomicU64::new(0));
-        let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
-        let spool = |id: &str| {
-            Spool::create(dir.path(), id, 1 << 30, usage.clone()).with_shelf(shelf.clone())
-        };
+        let f = Recycling::new();
+        let (dir, usage, shelf) = (&f.dir, &f.usage, &f.shelf);
+        let spool = |id: &str| f.spool(id);
         let old = spool("old");
         old.append(StreamKind::Stdout, 0, Bytes::from(vec![b'o'; 5000]))
             .unwrap();
@@ -1317,18 +1330,16 @@ mod tests {
     #[test]
     fn stale_bytes_of_a_recycled_file_never_show_and_evicted_logs_are_not_shelved() {
         use std::os::fd::AsFd;
-        let dir = tempfile::tempdir().unwrap();
-        let usage = Arc::new(AtomicU64::new(0));
-        let shelf = Arc::new(Shelf::new(usage.clone(), Default::default()));
+        let f = Recycling::new();
+        let (dir, shelf) = (&f.dir, &f.shelf);
         let big = vec![b'x'; 2 * crate::shelf::LARGE_BYTES as usize];
-        let old =
-            Spool::create(dir.path(), "old", 1 << 30, usage.clone()).with_shelf(shelf.clone());
+        let old = f.spool("old");
         old.append(StreamKind::Stdout, 0, Bytes::from(big.clone()))
             .unwrap();
         old.remove();
 
         // Spliced output lands at the log's offsets, not the file's end.
-        let s = Spool::create(dir.path(), "r", 1 << 30, usage.clone()).with_shelf(shelf.clone());
+        let s = f.spool("r");
         let (r, w) = nix::unistd::pipe().unwrap();
         nix::unistd::write(&w, b"spliced").unwrap();
         assert_eq!(s.splice_from(StreamKind::Stdout, r.as_fd(), 7).unwrap(), 7);
@@ -1351,7 +1362,7 @@ mod tests {
         assert_eq!(usage2.load(Ordering::Relaxed), 7);
 
         // Evicted (the budget wants the space): deleted, not shelved.
-        let e = Spool::create(dir.path(), "e", 1 << 30, usage.clone()).with_shelf(shelf.clone());
+        let e = f.spool("e");
         e.append(StreamKind::Stdout, 0, Bytes::from(big.clone()))
             .unwrap();
         e.close();
