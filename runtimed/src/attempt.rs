@@ -24,8 +24,8 @@ use tonic::Code;
 /// it cannot reach (external servers; supervised ones are known dead at once).
 const REATTACH_PATIENCE: Duration = Duration::from_secs(60);
 
-/// How long a finished Run's workspace cleanup and Forget wait (off the
-/// path of the result to the client).
+/// How long a finished Run's workspace cleanup waits (off the path of the
+/// result to the client).
 const TIDY_DELAY: Duration = Duration::from_millis(1);
 
 /// How long the rest of an execution's stream (the server's trailers) is
@@ -172,13 +172,8 @@ impl Attempt {
         tokio::time::sleep(TIDY_DELAY).await;
         self.workspace.cleanup(&id);
         tracing::info!(phase = phase.as_str(), %message, "run finished");
-        // Best effort: the server drops the execution's buffers.
-        let mut client = self.server.client();
-        let _ = client
-            .forget(rpb::ForgetRequest {
-                execution_id: id.clone(),
-            })
-            .await;
+        // The server drops the execution's buffers (in a batch, see `forgets`).
+        self.server.forgets().push(self.generation, id);
     }
 
     fn count_finished(&self, phase: Phase) {

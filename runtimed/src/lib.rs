@@ -9,6 +9,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod follow;
+pub mod forgets;
 pub mod metrics;
 pub mod outputs;
 pub mod records;

@@ -2,6 +2,7 @@
 //! runtimed knows of its health. Local-mode servers are kept healthy by the
 //! supervisor; external ones are probed with the readiness handshake.
 
+use crate::forgets::Forgets;
 pub use kruntimes_proto::address::Address;
 use kruntimes_proto::runtime::v1 as rpb;
 use rpb::runtime_server_client::RuntimeServerClient;
@@ -33,6 +34,7 @@ pub struct RuntimeServer {
     pub address: Address,
     client: RuntimeServerClient<Channel>,
     health: watch::Sender<Health>,
+    forgets: Forgets,
 }
 
 impl RuntimeServer {
@@ -53,11 +55,17 @@ impl RuntimeServer {
             address,
             client,
             health,
+            forgets: Forgets::default(),
         })
     }
 
     pub fn client(&self) -> RuntimeServerClient<Channel> {
         self.client.clone()
+    }
+
+    /// Finished executions waiting to be forgotten (see `forgets::run`).
+    pub fn forgets(&self) -> &Forgets {
+        &self.forgets
     }
 
     pub fn health(&self) -> Health {

@@ -17,6 +17,10 @@ use tokio::sync::{Semaphore, watch};
 use tonic::service::Routes;
 use tonic::transport::Server;
 
+/// How long shutdown waits to send the Forgets still queued for an external
+/// Runtime Server.
+const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The bash server binary: flag, else next to this executable, else PATH.
@@ -95,6 +99,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             let cmd = local_command(&cfg, name, &socket)?;
             let server = Arc::new(RuntimeServer::new(name.clone(), Address::Unix(socket))?);
             tokio::spawn(supervise(server.clone(), cmd, shutdown_rx.clone()));
+            tokio::spawn(crate::forgets::run(server.clone()));
             runtimes.insert(name.clone(), server);
         }
     } else {
@@ -107,6 +112,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             let server = Arc::new(RuntimeServer::new(name.to_string(), address)?);
             let probe = server.clone();
             tokio::spawn(async move { probe.probe_forever().await });
+            tokio::spawn(crate::forgets::run(server.clone()));
             runtimes.insert(name.to_string(), server);
         }
     }
@@ -185,7 +191,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         .register_encoded_file_descriptor_set(kruntimes_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let api = RuntimedServer::new(Service(state))
+    let api = RuntimedServer::new(Service(state.clone()))
         .max_decoding_message_size(crate::runtime_server::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::runtime_server::MAX_MESSAGE_BYTES);
     let routes = Routes::new(api)
@@ -249,6 +255,16 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
                 Ok(Err(e)) => Err(e.into()),
                 Err(e) => Err(e.into()),
             };
+        }
+    }
+    if !state.supervised {
+        // External servers outlive runtimed: what it has not forgotten yet
+        // they would keep until their own restart.
+        for server in state.runtimes.values() {
+            let flush = crate::forgets::flush(server);
+            if tokio::time::timeout(FLUSH_PATIENCE, flush).await.is_err() {
+                tracing::warn!(runtime = %server.name, "could not forget finished executions before shutting down");
+            }
         }
     }
     let _ = shutdown_tx.send(true);

@@ -10,8 +10,10 @@ use kruntimes_proto::runtimed::v1 as pb;
 use rpb::runtime_server_server::{RuntimeServer, RuntimeServerServer};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 type Events = Pin<Box<dyn Stream<Item = Result<rpb::ExecutionEvent, Status>> + Send>>;
@@ -22,6 +24,27 @@ type Events = Pin<Box<dyn Stream<Item = Result<rpb::ExecutionEvent, Status>> + S
 #[derive(Default)]
 struct Lingering {
     read_to_end: Arc<AtomicBool>,
+    started: Arc<Mutex<Vec<String>>>,
+    /// The ids of each Forget call, in order.
+    forgets: Arc<Mutex<Vec<Vec<String>>>>,
+    /// The first Forget is answered only once this is notified.
+    release_first_forget: Arc<Notify>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap()
+}
+
+/// Serves `server` on a Unix socket in `dir`; returns runtimed's `--runtime`.
+fn serve(server: Lingering, dir: &std::path::Path) -> String {
+    let sock = dir.join("lingering.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RuntimeServerServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    format!("lingering=unix:{}", sock.display())
 }
 
 fn event(e: rpb::execution_event::Event) -> Result<rpb::ExecutionEvent, Status> {
@@ -44,7 +67,8 @@ impl RuntimeServer for Lingering {
 
     type StartStream = Events;
 
-    async fn start(&self, _: Request<rpb::StartRequest>) -> Result<Response<Events>, Status> {
+    async fn start(&self, req: Request<rpb::StartRequest>) -> Result<Response<Events>, Status> {
+        lock(&self.started).push(req.into_inner().execution_id);
         let done = self.read_to_end.clone();
         let now = kruntimes_proto::time::now();
         let events = futures::stream::unfold(0, move |step| {
@@ -108,8 +132,17 @@ impl RuntimeServer for Lingering {
 
     async fn forget(
         &self,
-        _: Request<rpb::ForgetRequest>,
+        req: Request<rpb::ForgetRequest>,
     ) -> Result<Response<rpb::ForgetResponse>, Status> {
+        let req = req.into_inner();
+        let first = {
+            let mut forgets = lock(&self.forgets);
+            forgets.push([vec![req.execution_id], req.more_execution_ids].concat());
+            forgets.len() == 1
+        };
+        if first {
+            self.release_first_forget.notified().await;
+        }
         Ok(Response::new(rpb::ForgetResponse::default()))
     }
 }
@@ -120,16 +153,9 @@ impl RuntimeServer for Lingering {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executions_stream_is_read_to_its_end_after_the_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("lingering.sock");
     let server = Lingering::default();
     let read_to_end = server.read_to_end.clone();
-    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RuntimeServerServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-    );
-    let runtime = format!("lingering=unix:{}", sock.display());
+    let runtime = serve(server, dir.path());
     let d = Daemon::start(&["--runtime", &runtime]).await;
     d.wait_ready("lingering").await;
     let mut c = d.client();
@@ -152,4 +178,50 @@ async fn an_executions_stream_is_read_to_its_end_after_the_exit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("runtimed dropped the stream after the exit: the server's call was cancelled");
+}
+
+/// Finished executions are forgotten in batches, one Forget call at a time:
+/// while the server holds the first call, the Runs that finish meanwhile
+/// wait and go in one more call. Every execution is forgotten exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_executions_are_forgotten_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Lingering::default();
+    let (started, forgets) = (server.started.clone(), server.forgets.clone());
+    let release = server.release_first_forget.clone();
+    let runtime = serve(server, dir.path());
+    let d = Daemon::start(&["--runtime", &runtime]).await;
+    d.wait_ready("lingering").await;
+    let mut c = d.client();
+    const RUNS: usize = 6;
+    for _ in 0..RUNS {
+        let out = execute(&mut c, cmd("lingering", &["anything"])).await;
+        assert_eq!(out.run.expect("exited").phase, pb::Phase::Succeeded as i32);
+    }
+    // The first call, held by the server until released.
+    for _ in 0..500 {
+        if !lock(&forgets).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release.notify_one();
+    let mut forgotten: Vec<String> = Vec::new();
+    for _ in 0..500 {
+        forgotten = lock(&forgets).concat();
+        if forgotten.len() >= RUNS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = lock(&forgets).clone();
+    assert!(
+        calls.len() <= 2,
+        "{RUNS} finished executions took {} Forget calls: {calls:?}",
+        calls.len()
+    );
+    forgotten.sort();
+    let mut started = lock(&started).clone();
+    started.sort();
+    assert_eq!(forgotten, started, "each execution forgotten exactly once");
 }

@@ -58,7 +58,11 @@ async fn through(c: &mut Client, argv: &[&str]) -> Res<(Duration, u64, u64)> {
     }
     let d = t.elapsed();
     drop(s);
-    c.forget(ForgetRequest { execution_id: id }).await?;
+    c.forget(ForgetRequest {
+        execution_id: id,
+        more_execution_ids: Vec::new(),
+    })
+    .await?;
     Ok((d, bytes, msgs))
 }
 

@@ -285,16 +285,29 @@ impl Executions {
         out
     }
 
-    pub fn forget(&self, id: &str) -> Result<(), RuntimeError> {
-        let exec = self.get(id)?;
+    /// Drops finished executions (a Forget's `execution_id` and
+    /// `more_execution_ids`), all or none: if one is unknown or still
+    /// running, nothing is dropped.
+    pub fn forget(&self, first: String, more: Vec<String>) -> Result<(), RuntimeError> {
+        let ids = validate::forget_ids(first, more)?;
         {
             let mut t = self.lock();
-            if exec.is_running() {
-                return Err(RuntimeError::StillRunning(id.to_string()));
+            for id in &ids {
+                match t.known.get(id) {
+                    None => return Err(RuntimeError::NotFound(id.clone())),
+                    Some(e) if e.is_running() => {
+                        return Err(RuntimeError::StillRunning(id.clone()));
+                    }
+                    Some(_) => {}
+                }
             }
-            t.known.remove(id);
+            for id in &ids {
+                t.known.remove(id);
+            }
         }
-        self.workspace.remove_scripts(id);
+        for id in &ids {
+            self.workspace.remove_scripts(id);
+        }
         Ok(())
     }
 

@@ -93,7 +93,9 @@ impl RuntimeServer for Service {
         &self,
         req: Request<ForgetRequest>,
     ) -> Result<Response<ForgetResponse>, Status> {
-        self.execs.forget(&req.into_inner().execution_id)?;
+        let req = req.into_inner();
+        self.execs
+            .forget(req.execution_id, req.more_execution_ids)?;
         Ok(Response::new(ForgetResponse {}))
     }
 }

@@ -20,6 +20,8 @@ pub const MAX_SCRIPT_BYTES: usize = 1024 * 1024;
 pub const MAX_WORKING_DIR_BYTES: usize = 4096;
 /// Longest script filename (a single path component).
 pub const MAX_FILENAME_BYTES: usize = 255;
+/// Most executions one Forget drops (`execution_id` plus `more_execution_ids`).
+pub const MAX_FORGET_IDS: usize = 256;
 /// Longest per-attempt timeout: 30 days.
 pub const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Longest grace period between SIGTERM and SIGKILL: 1 hour.
@@ -105,6 +107,30 @@ pub fn execution_id(id: &str) -> Result<(), InvalidArgument> {
             format!("must be 1..{MAX_ID_BYTES} bytes of [A-Za-z0-9._-], not starting with '.'"),
         ))
     }
+}
+
+/// The ids of a Forget, each checked, repeats dropped, in request order.
+pub fn forget_ids(first: String, more: Vec<String>) -> Result<Vec<String>, InvalidArgument> {
+    if more.len() >= MAX_FORGET_IDS {
+        return Err(InvalidArgument::new(
+            "more_execution_ids",
+            &format!("{} ids", more.len()),
+            format!("too many: at most {} ids in one Forget", MAX_FORGET_IDS - 1),
+        ));
+    }
+    execution_id(&first)?;
+    let mut ids = Vec::with_capacity(1 + more.len());
+    ids.push(first);
+    for (i, id) in more.into_iter().enumerate() {
+        execution_id(&id).map_err(|e| InvalidArgument {
+            field: format!("more_execution_ids[{i}]"),
+            ..e
+        })?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// A grace period in ms (0 = default) as a Duration, bounded by [`MAX_GRACE_MS`].
@@ -350,6 +376,26 @@ mod tests {
         for good in ["a", "A-1_b.c", &"x".repeat(128)] {
             execution_id(good).unwrap();
         }
+    }
+
+    #[test]
+    fn forget_ids_are_checked_bounded_and_deduplicated() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let got = forget_ids("a".into(), ids(&["b", "a", "c", "b"])).unwrap();
+        assert_eq!(got, ids(&["a", "b", "c"]));
+        let e = forget_ids("a".into(), ids(&["b", "x/y"])).unwrap_err();
+        assert_eq!(e.field, "more_execution_ids[1]");
+        assert!(e.value.contains("x/y"), "{e}");
+        let e = forget_ids("".into(), vec![]).unwrap_err();
+        assert_eq!(e.field, "execution_id");
+        let many = vec!["b".to_string(); MAX_FORGET_IDS - 1];
+        assert_eq!(forget_ids("a".into(), many.clone()).unwrap().len(), 2);
+        let e = forget_ids("a".into(), [many, ids(&["c"])].concat()).unwrap_err();
+        assert_eq!(e.field, "more_execution_ids");
+        assert!(
+            e.to_string().contains("256 ids") && e.problem.contains("255"),
+            "{e}"
+        );
     }
 
     #[test]

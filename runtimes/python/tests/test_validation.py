@@ -11,6 +11,7 @@ from kruntimes_runtime.validation import (
     CommandProgram,
     ScriptProgram,
     validate_execution_id,
+    validate_forget,
     validate_grace,
     validate_start,
     validate_working_dir,
@@ -62,6 +63,23 @@ def test_execution_id(value: str, fragment: str) -> None:
 
 def test_execution_id_max_ok() -> None:
     assert validate_execution_id("a" * 128) == "a" * 128
+
+
+def test_forget_ids_are_checked_bounded_and_deduplicated() -> None:
+    forget = pb.ForgetRequest
+    assert validate_forget(forget(execution_id="a", more_execution_ids=["b", "a", "c", "b"])) == ["a", "b", "c"]
+    with pytest.raises(InvalidArgument) as info:
+        validate_forget(forget(execution_id="a", more_execution_ids=["b", "x/y"]))
+    assert info.value.field == "more_execution_ids[1]" and "x/y" in info.value.message
+    with pytest.raises(InvalidArgument) as info:
+        validate_forget(forget(execution_id=""))
+    assert info.value.field == "execution_id"
+    many = ["b"] * (limits.FORGET_MAX_IDS - 1)
+    assert validate_forget(forget(execution_id="a", more_execution_ids=many)) == ["a", "b"]
+    with pytest.raises(InvalidArgument) as info:
+        validate_forget(forget(execution_id="a", more_execution_ids=[*many, "c"]))
+    assert info.value.field == "more_execution_ids"
+    assert "256 ids" in info.value.message and "255" in info.value.message
 
 
 def test_no_program() -> None:

@@ -57,6 +57,7 @@ conformance! {
     fifty_concurrent_runs => checks::concurrency::concurrent_runs;
     no_zombies_left => checks::reaping::no_zombies;
     lifecycle_status_list_forget => checks::lifecycle::lifecycle;
+    forget_of_a_batch_is_all_or_nothing => checks::lifecycle::forget_batch;
     bad_input_is_rejected_naming_the_field => checks::bad_input::bad_input;
     scripts_run_with_the_runtime_interpreter => checks::script::script;
 }

@@ -36,6 +36,8 @@ OUTPUT_LINGER_S = 0.002
 
 DEFAULT_MAX_EXECUTIONS = 64
 MAX_EXECUTIONS_LIMIT = 4096
+# Most executions one Forget drops (execution_id plus more_execution_ids).
+FORGET_MAX_IDS = 256
 # Finished executions are kept until Forget; past this many, Start is refused so
 # the retained buffers stay bounded.
 DEFAULT_MAX_RETAINED = 1024

@@ -335,16 +335,20 @@ class Runtime:
     def cancel(self, execution_id: str, grace_ms: int) -> None:
         self.get(execution_id).cancel(grace_ms)
 
-    def forget(self, execution_id: str) -> None:
-        execution = self.get(execution_id)
-        if execution.running:
-            raise FailedPrecondition(
-                f"execution {execution_id!r} is still running; Cancel it and wait for its exit first"
-            )
-        del self.executions[execution_id]
-        execution.dispose()
-        if execution.script_dir is not None:
-            shutil.rmtree(execution.script_dir, ignore_errors=True)
+    def forget(self, execution_ids: list[str]) -> None:
+        """Drop finished executions, all or none: if one is unknown or still
+        running, nothing is dropped."""
+        executions = [self.get(execution_id) for execution_id in execution_ids]
+        for execution in executions:
+            if execution.running:
+                raise FailedPrecondition(
+                    f"execution {execution.id!r} is still running; Cancel it and wait for its exit first"
+                )
+        for execution in executions:
+            del self.executions[execution.id]
+            execution.dispose()
+            if execution.script_dir is not None:
+                shutil.rmtree(execution.script_dir, ignore_errors=True)
 
     def list(self) -> list[Any]:
         return [e.status() for e in self.executions.values()]

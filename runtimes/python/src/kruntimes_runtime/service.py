@@ -13,7 +13,7 @@ from .errors import ServerError, grpc_code
 from .execution import batch_message, timestamp
 from .proto import pb, pb_grpc
 from .runtime import Runtime
-from .validation import validate_execution_id, validate_grace, validate_start
+from .validation import validate_execution_id, validate_forget, validate_grace, validate_start
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ class RuntimeService(pb_grpc.RuntimeServerServicer):
 
     async def Forget(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def call() -> Any:
-            validate_execution_id(request.execution_id)
-            self.runtime.forget(request.execution_id)
+            self.runtime.forget(validate_forget(request))
             return pb.ForgetResponse()
 
         return await _guard(context, call)

@@ -4,6 +4,7 @@ the value and the limit (raised as `InvalidArgument`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import limits
 from .errors import InvalidArgument
@@ -51,6 +52,24 @@ def validate_execution_id(value: str, name: str = "execution_id") -> str:
     if value.startswith("."):
         raise InvalidArgument(name, value, "must not start with '.'")
     return value
+
+
+def validate_forget(request: Any) -> list[str]:
+    """A Forget's ids (`execution_id`, then `more_execution_ids`), each
+    checked, repeats dropped, in request order."""
+    more = list(request.more_execution_ids)
+    if len(more) >= limits.FORGET_MAX_IDS:
+        raise InvalidArgument(
+            "more_execution_ids",
+            f"{len(more)} ids",
+            f"too many: at most {limits.FORGET_MAX_IDS - 1} ids in one Forget",
+        )
+    ids = [validate_execution_id(request.execution_id)]
+    for i, value in enumerate(more):
+        validate_execution_id(value, f"more_execution_ids[{i}]")
+        if value not in ids:
+            ids.append(value)
+    return ids
 
 
 def validate_grace(ms: int, name: str) -> int:

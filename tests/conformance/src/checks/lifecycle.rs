@@ -1,4 +1,4 @@
-//! Execution lifecycle: ids, Status, List, Forget.
+//! Execution lifecycle: ids, Status, List, Forget (one, and a batch).
 use kruntimes_proto::runtime::v1::{
     CancelRequest, ExecutionState, ForgetRequest, ListRequest, StatusRequest,
 };
@@ -8,6 +8,16 @@ use crate::client::{
     Ended, attach_raw, collect, ended, expect_error, run, sh, start, start_raw, unique_id,
 };
 use crate::{Failure, ServerUnderTest, ensure};
+
+/// Most ids in one Forget (`execution_id` plus `more_execution_ids`).
+const MAX_FORGET_IDS: usize = 256;
+
+fn forget(id: &str, more: &[&str]) -> ForgetRequest {
+    ForgetRequest {
+        execution_id: id.to_string(),
+        more_execution_ids: more.iter().map(|m| m.to_string()).collect(),
+    }
+}
 
 /// While running: Status says RUNNING with the pid Start returned, List
 /// includes it, a second Start with the same id fails ALREADY_EXISTS and
@@ -64,10 +74,7 @@ pub async fn lifecycle(s: &ServerUnderTest) -> Result<(), Failure> {
     )?;
     expect_error(
         "Forget of a running execution",
-        c.forget(ForgetRequest {
-            execution_id: id.clone(),
-        })
-        .await,
+        c.forget(forget(&id, &[])).await,
         Code::FailedPrecondition,
         &[],
     )?;
@@ -88,11 +95,9 @@ pub async fn lifecycle(s: &ServerUnderTest) -> Result<(), Failure> {
         &[],
     )?;
 
-    c.forget(ForgetRequest {
-        execution_id: id.clone(),
-    })
-    .await
-    .map_err(Failure::rpc(format!("Forget {id} after exit")))?;
+    c.forget(forget(&id, &[]))
+        .await
+        .map_err(Failure::rpc(format!("Forget {id} after exit")))?;
     expect_error(
         "Status after Forget",
         c.status(StatusRequest {
@@ -120,10 +125,7 @@ pub async fn lifecycle(s: &ServerUnderTest) -> Result<(), Failure> {
     )?;
     expect_error(
         "Forget after Forget",
-        c.forget(ForgetRequest {
-            execution_id: id.clone(),
-        })
-        .await,
+        c.forget(forget(&id, &[])).await,
         Code::NotFound,
         &[],
     )?;
@@ -134,5 +136,85 @@ pub async fn lifecycle(s: &ServerUnderTest) -> Result<(), Failure> {
         "{id}: reusing a forgotten id: {:?}",
         again.stdout_text()
     );
+    Ok(())
+}
+
+/// A Forget with `more_execution_ids` is all or nothing: with one unknown or
+/// running id among finished ones it fails naming that id and every
+/// execution is still known; more than 255 further ids fail
+/// INVALID_ARGUMENT naming the field and the limit; a valid batch (an id
+/// repeated) drops them all.
+pub async fn forget_batch(s: &ServerUnderTest) -> Result<(), Failure> {
+    let mut c = s.client();
+    let ids: Vec<String> = (0..3).map(|_| unique_id("batch")).collect();
+    for id in &ids {
+        run(&mut c, sh(id, "echo done")).await?;
+        super::wait_exited(&mut c, id).await?;
+    }
+    let (a, b, d) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
+    let unknown = unique_id("never-started");
+    let st = expect_error(
+        "Forget of finished executions and an unknown one",
+        c.forget(forget(a, &[b, &unknown, d])).await,
+        Code::NotFound,
+        &[],
+    )?;
+    ensure!(
+        st.message().contains(&unknown),
+        "the NOT_FOUND does not name the unknown id {unknown:?}: {:?}",
+        st.message()
+    );
+    let running = unique_id("batch-running");
+    let gate = s.scratch().join(format!("{running}.gate"));
+    let script = format!("while [ ! -e '{}' ]; do sleep 0.05; done", gate.display());
+    start(&mut c, sh(&running, &script)).await?;
+    let st = expect_error(
+        "Forget of finished executions and a running one",
+        c.forget(forget(a, &[&running, b])).await,
+        Code::FailedPrecondition,
+        &[],
+    )?;
+    ensure!(
+        st.message().contains(&running),
+        "the FAILED_PRECONDITION does not name the running id {running:?}: {:?}",
+        st.message()
+    );
+    for id in &ids {
+        c.status(StatusRequest {
+            execution_id: id.clone(),
+        })
+        .await
+        .map_err(Failure::rpc(format!(
+            "Status of {id} after a Forget that failed"
+        )))?;
+    }
+    let too_many: Vec<String> = (0..MAX_FORGET_IDS).map(|i| format!("{a}-{i}")).collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    expect_error(
+        "Forget of 257 ids",
+        c.forget(forget(a, &too_many)).await,
+        Code::InvalidArgument,
+        &["more_execution_ids", "255"],
+    )?;
+
+    c.forget(forget(a, &[b, d, a, b]))
+        .await
+        .map_err(Failure::rpc("Forget of three finished executions"))?;
+    for id in &ids {
+        expect_error(
+            "Status after a batch Forget",
+            c.status(StatusRequest {
+                execution_id: id.clone(),
+            })
+            .await,
+            Code::NotFound,
+            &[],
+        )?;
+    }
+    std::fs::write(&gate, b"").map_err(|e| Failure::Setup(format!("{}: {e}", gate.display())))?;
+    super::wait_exited(&mut c, &running).await?;
+    c.forget(forget(&running, &[]))
+        .await
+        .map_err(Failure::rpc(format!("Forget {running} after exit")))?;
     Ok(())
 }
