@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How long the first id of a batch waits for others.
+/// (The bench pauses longer than this between Runs: tests/bench/src/figures/mod.rs.)
 pub const FORGET_DELAY: Duration = Duration::from_millis(50);
 
 /// Ids in one Forget: the protocol's limit (`execution_id` plus 255 more).

@@ -2,7 +2,7 @@
 //! Execute until Exited, vs the raw limit: spawn + wait of the same command
 //! from an in-process loop.
 
-use super::{Context, CpuMeter, blocking, progress, settle};
+use super::{BLOCK, Context, CpuMeter, blocking, progress, settle, turns};
 use crate::client::{command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row, Value};
@@ -42,22 +42,30 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     }
     let counts = ctx.plan.bash;
     progress(format!(
-        "{FIGURE}: {} warm-up + {} iterations, interleaved with the baseline",
+        "{FIGURE}: {} warm-up + {} iterations, in alternating blocks of {BLOCK} with the baseline",
         counts.warmup, counts.iterations
     ));
     let mut client = ctx.daemon.client()?;
     let n = counts.iterations as usize;
     let (mut through, mut raw) = (Samples::with_capacity(n), Samples::with_capacity(n));
     let cpu = CpuMeter::start(&ctx.daemon, "bash");
-    for i in 0..counts.warmup + counts.iterations {
-        let r = blocking(spawn_wait).await?;
+    for turn in turns(counts.warmup + counts.iterations) {
+        if turn.opens_block {
+            settle().await;
+        }
+        let keep = turn.index >= counts.warmup;
+        if turn.baseline {
+            let r = blocking(spawn_wait).await?;
+            if keep {
+                raw.push(r);
+            }
+            continue;
+        }
         let start = Instant::now();
         let out = execute(&mut client, command("bash", &["bash", "-c", "true"]), false).await?;
         let d = start.elapsed();
         out.require_success("bash -c true through runtimed")?;
-        settle().await;
-        if i >= counts.warmup {
-            raw.push(r);
+        if keep {
             through.push(d);
         }
     }

@@ -1,6 +1,7 @@
 //! The figures. Each measures its subject and its baseline in the same
-//! run (interleaved where both are cheap, so both see the same machine load)
-//! and returns report rows; a figure that cannot run returns rows that say why.
+//! run (in alternating blocks where both are cheap, so both see the same
+//! machine load) and returns report rows; a figure that cannot run returns
+//! rows that say why.
 
 pub mod bash;
 pub mod chatty;
@@ -76,13 +77,48 @@ where
     })
 }
 
-/// Pause after each measured Run, before the next baseline sample: work the
-/// system does after a Run's exit is reported (the Forget, runtimed's
-/// bookkeeping, the python zygote forking its next spare 5 ms later) then
-/// finishes before the baseline is timed, instead of slowing the baseline,
-/// which would flatter the ratio.
+/// How long after a Run finished runtimed sends the Runtime Server its
+/// `Forget` (with those of the Runs that finished meanwhile): `FORGET_DELAY`
+/// in runtimed/src/forgets.rs.
+const RUNTIMED_FORGET_DELAY: Duration = Duration::from_millis(50);
+
+/// Samples of the latency figures come in alternating blocks of this many:
+/// baselines back to back, then Runs back to back, as the loops the figures
+/// compare ("spawn + wait ... from an in-process loop", "Execute until
+/// exited" again and again), while both sides still share the machine's
+/// load minute by minute.
+pub const BLOCK: u32 = 10;
+
+/// One sample of a latency figure's schedule (see [`turns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// A baseline sample (else one through runtimed).
+    pub baseline: bool,
+    /// Its index on its side, 0..per_side (the first `warmup` are dropped).
+    pub index: u32,
+    /// The first of its block: [`settle`] before it.
+    pub opens_block: bool,
+}
+
+/// `per_side` baseline and `per_side` measured samples in alternating
+/// blocks of [`BLOCK`], baselines first.
+pub fn turns(per_side: u32) -> impl Iterator<Item = Turn> {
+    (0..2 * per_side.div_ceil(BLOCK)).flat_map(move |k| {
+        let first = (k / 2) * BLOCK;
+        (first..(first + BLOCK).min(per_side)).map(move |index| Turn {
+            baseline: k % 2 == 0,
+            index,
+            opens_block: index == first,
+        })
+    })
+}
+
+/// Pause before each block, so that neither side starts while work that
+/// follows the other side's last sample is still going on (runtimed's
+/// bookkeeping, the python zygote forking its next spare 5 ms after a Run,
+/// the Runtime Server's `Forget`), and both start from the same idle.
 pub async fn settle() {
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(20) + RUNTIMED_FORGET_DELAY).await;
 }
 
 /// Runs a blocking baseline measurement off the async workers.
@@ -168,3 +204,35 @@ fn cpu_ms(pid: u32) -> Option<f64> {
 
 /// How long to let things settle before sampling memory.
 pub const SETTLE: Duration = Duration::from_millis(1000);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_alternate_blocks_and_give_each_side_every_index_once() {
+        for per_side in [0, 1, BLOCK - 1, BLOCK, 2 * BLOCK + 3] {
+            let all: Vec<Turn> = turns(per_side).collect();
+            for baseline in [true, false] {
+                let side: Vec<u32> = all
+                    .iter()
+                    .filter(|t| t.baseline == baseline)
+                    .map(|t| t.index)
+                    .collect();
+                assert_eq!(side, (0..per_side).collect::<Vec<_>>(), "{per_side}");
+            }
+            let opens = all.iter().filter(|t| t.opens_block).count() as u32;
+            assert_eq!(opens, 2 * per_side.div_ceil(BLOCK), "{per_side}");
+            for pair in all.windows(2) {
+                assert_eq!(pair[1].opens_block, pair[0].baseline != pair[1].baseline);
+            }
+        }
+        let first: Vec<bool> = turns(2 * BLOCK).map(|t| t.baseline).collect();
+        assert!(first[..BLOCK as usize].iter().all(|b| *b));
+        assert!(
+            first[BLOCK as usize..2 * BLOCK as usize]
+                .iter()
+                .all(|b| !*b)
+        );
+    }
+}

@@ -4,7 +4,7 @@
 //! resolved interpreter, and vs a Jupyter kernel executing `print(1)`.
 
 use super::bash::value;
-use super::{Context, CpuMeter, blocking, jupyter, progress, settle};
+use super::{BLOCK, Context, CpuMeter, blocking, jupyter, progress, settle, turns};
 use crate::client::{Client, command, execute};
 use crate::error::{BenchError, Result};
 use crate::report::{Goal, Row, Value};
@@ -120,7 +120,7 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
         None
     };
     progress(format!(
-        "{FIGURE_COLD}: {} warm-up + {} iterations with {}, interleaved with the cold start",
+        "{FIGURE_COLD}: {} warm-up + {} iterations with {}, in alternating blocks of {BLOCK} with the cold start",
         counts.warmup,
         counts.iterations,
         python.display()
@@ -128,18 +128,23 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let n = counts.iterations as usize;
     let (mut warm, mut cold_s) = (Samples::with_capacity(n), Samples::with_capacity(n));
     let cpu = CpuMeter::start(&ctx.daemon, "python");
-    for i in 0..counts.warmup + counts.iterations {
-        let p = python.clone();
-        let c = blocking(move || cold(p)).await?;
-        let w = if ready {
-            Some(through_runtimed(&mut client).await?)
+    for turn in turns(counts.warmup + counts.iterations) {
+        if !turn.baseline && !ready {
+            continue;
+        }
+        if turn.opens_block {
+            settle().await;
+        }
+        let keep = turn.index >= counts.warmup;
+        if turn.baseline {
+            let p = python.clone();
+            let c = blocking(move || cold(p)).await?;
+            if keep {
+                cold_s.push(c);
+            }
         } else {
-            None
-        };
-        settle().await;
-        if i >= counts.warmup {
-            cold_s.push(c);
-            if let Some(w) = w {
+            let w = through_runtimed(&mut client).await?;
+            if keep {
                 warm.push(w);
             }
         }
