@@ -1,7 +1,7 @@
 //! Forgets finished executions on a Runtime Server in batches. Each call
-//! costs the server a whole RPC (~0.3-0.6 ms of the python server's CPU,
-//! about a fifth of what it spends on a trivial Run), so runtimed collects the
-//! ids of finished Runs and sends them together in one `Forget`
+//! costs the server a whole RPC (for the python server ~0.25 ms of CPU, a
+//! fifth of what it spends on a trivial Run back to back), so runtimed
+//! collects the ids of finished Runs and sends them together in one `Forget`
 //! (`more_execution_ids`), at most one call in flight per server, off the
 //! Runs' path. An execution is kept by its server at most `FORGET_DELAY`
 //! longer than before; its buffers are bounded by the server either way.
@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How long the first id of a batch waits for others.
-/// (The bench pauses longer than this between Runs: tests/bench/src/figures/mod.rs.)
+/// (The bench pauses longer than this between its blocks of samples:
+/// tests/bench/src/figures/mod.rs.)
 pub const FORGET_DELAY: Duration = Duration::from_millis(50);
 
 /// Ids in one Forget: the protocol's limit (`execution_id` plus 255 more).

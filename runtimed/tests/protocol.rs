@@ -225,3 +225,23 @@ async fn finished_executions_are_forgotten_in_batches() {
     started.sort();
     assert_eq!(forgotten, started, "each execution forgotten exactly once");
 }
+
+/// At shutdown runtimed sends an external server the Forgets it has queued,
+/// rather than leaving those executions to the server until its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_forgets_are_sent_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Lingering::default();
+    let (started, forgets) = (server.started.clone(), server.forgets.clone());
+    server.release_first_forget.notify_one();
+    let runtime = serve(server, dir.path());
+    let d = Daemon::start(&["--runtime", &runtime]).await;
+    d.wait_ready("lingering").await;
+    let out = execute(&mut d.client(), cmd("lingering", &["anything"])).await;
+    assert_eq!(out.run.expect("exited").phase, pb::Phase::Succeeded as i32);
+    // Queued (the Run is tidied 1 ms after its result), not yet sent: a
+    // batch waits 50 ms for others.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(d); // SIGTERM, and waits for runtimed to exit
+    assert_eq!(lock(&forgets).concat(), lock(&started).clone());
+}
