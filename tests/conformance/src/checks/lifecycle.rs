@@ -5,12 +5,22 @@ use kruntimes_proto::runtime::v1::{
 use tonic::Code;
 
 use crate::client::{
-    Ended, attach_raw, collect, ended, expect_error, run, sh, start, start_raw, unique_id,
+    Client, Ended, attach_raw, collect, ended, expect_error, run, sh, start, start_raw, unique_id,
 };
 use crate::{Failure, ServerUnderTest, ensure};
 
 /// Most ids in one Forget (`execution_id` plus `more_execution_ids`).
 const MAX_FORGET_IDS: usize = 256;
+
+/// Status of a forgotten execution fails NOT_FOUND.
+async fn expect_forgotten(c: &mut Client, what: &str, id: &str) -> Result<(), Failure> {
+    let status = c
+        .status(StatusRequest {
+            execution_id: id.to_string(),
+        })
+        .await;
+    expect_error(what, status, Code::NotFound, &[]).map(|_| ())
+}
 
 fn forget(id: &str, more: &[&str]) -> ForgetRequest {
     ForgetRequest {
@@ -98,15 +108,7 @@ pub async fn lifecycle(s: &ServerUnderTest) -> Result<(), Failure> {
     c.forget(forget(&id, &[]))
         .await
         .map_err(Failure::rpc(format!("Forget {id} after exit")))?;
-    expect_error(
-        "Status after Forget",
-        c.status(StatusRequest {
-            execution_id: id.clone(),
-        })
-        .await,
-        Code::NotFound,
-        &[],
-    )?;
+    expect_forgotten(&mut c, "Status after Forget", &id).await?;
     expect_error(
         "Attach after Forget",
         attach_raw(&mut c, &id, 0, 0).await,
@@ -201,15 +203,7 @@ pub async fn forget_batch(s: &ServerUnderTest) -> Result<(), Failure> {
         .await
         .map_err(Failure::rpc("Forget of three finished executions"))?;
     for id in &ids {
-        expect_error(
-            "Status after a batch Forget",
-            c.status(StatusRequest {
-                execution_id: id.clone(),
-            })
-            .await,
-            Code::NotFound,
-            &[],
-        )?;
+        expect_forgotten(&mut c, "Status after a batch Forget", id).await?;
     }
     std::fs::write(&gate, b"").map_err(|e| Failure::Setup(format!("{}: {e}", gate.display())))?;
     super::wait_exited(&mut c, &running).await?;
