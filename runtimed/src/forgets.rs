@@ -95,11 +95,16 @@ pub async fn flush(server: &RuntimeServer) {
             continue;
         };
         tracing::debug!(runtime = %server.name, ids = ids.len(), error = %status, "Forget failed");
-        if more.is_empty() {
+        let refused_an_id = matches!(
+            status.code(),
+            tonic::Code::NotFound | tonic::Code::FailedPrecondition
+        );
+        if more.is_empty() || !refused_an_id {
             continue;
         }
         // A batch is all or nothing: one id the server does not know fails
-        // it. The others are forgotten one by one.
+        // it. The others are forgotten one by one (not when the server
+        // cannot be reached: each would fail the same way).
         for id in ids {
             let request = ForgetRequest {
                 execution_id: id,

@@ -99,7 +99,6 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             let cmd = local_command(&cfg, name, &socket)?;
             let server = Arc::new(RuntimeServer::new(name.clone(), Address::Unix(socket))?);
             tokio::spawn(supervise(server.clone(), cmd, shutdown_rx.clone()));
-            tokio::spawn(crate::forgets::run(server.clone()));
             runtimes.insert(name.clone(), server);
         }
     } else {
@@ -112,9 +111,12 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             let server = Arc::new(RuntimeServer::new(name.to_string(), address)?);
             let probe = server.clone();
             tokio::spawn(async move { probe.probe_forever().await });
-            tokio::spawn(crate::forgets::run(server.clone()));
             runtimes.insert(name.to_string(), server);
         }
+    }
+
+    for server in runtimes.values() {
+        tokio::spawn(crate::forgets::run(server.clone()));
     }
 
     let metrics = Arc::new(Metrics::default());
