@@ -3,6 +3,7 @@
 //! figure, measured, baseline, ratio, goal and pass/MISS. A missed goal is
 //! reported, not an error: the exit code is 0 unless the bench cannot run.
 
+mod bare_chain;
 mod cli;
 mod client;
 mod daemon;
@@ -24,7 +25,7 @@ use std::time::Duration;
 /// How long a local runtime may take to pass its handshake.
 const RUNTIME_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn sibling(name: &str) -> Result<PathBuf> {
+pub fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| BenchError::io("locating this executable", e))?;
     Ok(exe.parent().unwrap_or(Path::new(".")).join(name))
 }

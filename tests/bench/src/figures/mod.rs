@@ -92,21 +92,28 @@ pub const BLOCK: u32 = 10;
 /// One sample of a latency figure's schedule (see [`turns`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Turn {
-    /// A baseline sample (else one through runtimed).
-    pub baseline: bool,
+    /// Which side it samples: 0 is the baseline, then the figure's others.
+    pub side: usize,
     /// Its index on its side, 0..per_side (the first `warmup` are dropped).
     pub index: u32,
     /// The first of its block: [`settle`] before it.
     pub opens_block: bool,
 }
 
-/// `per_side` baseline and `per_side` measured samples in alternating
-/// blocks of [`BLOCK`], baselines first.
-pub fn turns(per_side: u32) -> impl Iterator<Item = Turn> {
-    (0..2 * per_side.div_ceil(BLOCK)).flat_map(move |k| {
-        let first = (k / 2) * BLOCK;
+impl Turn {
+    pub fn baseline(&self) -> bool {
+        self.side == 0
+    }
+}
+
+/// `per_side` samples of each of `sides` sides in blocks of [`BLOCK`],
+/// taking turns in side order, the baseline (side 0) first.
+pub fn turns(sides: usize, per_side: u32) -> impl Iterator<Item = Turn> {
+    let rounds = per_side.div_ceil(BLOCK) as usize;
+    (0..sides * rounds).flat_map(move |k| {
+        let first = (k / sides) as u32 * BLOCK;
         (first..(first + BLOCK).min(per_side)).map(move |index| Turn {
-            baseline: k % 2 == 0,
+            side: k % sides,
             index,
             opens_block: index == first,
         })
@@ -157,6 +164,11 @@ impl CpuMeter {
             }
             _ => pids.push(("bash server", d.bash_server_pid())),
         }
+        CpuMeter::of(pids)
+    }
+
+    /// Meters the named processes (those without a pid are left out).
+    pub fn of(pids: Vec<(&'static str, Option<u32>)>) -> CpuMeter {
         let procs = pids
             .into_iter()
             .filter_map(|(name, pid)| pid.map(|p| (name, p, cpu_ms(p))))
@@ -211,28 +223,29 @@ mod tests {
 
     #[test]
     fn turns_alternate_blocks_and_give_each_side_every_index_once() {
-        for per_side in [0, 1, BLOCK - 1, BLOCK, 2 * BLOCK + 3] {
-            let all: Vec<Turn> = turns(per_side).collect();
-            for baseline in [true, false] {
-                let side: Vec<u32> = all
-                    .iter()
-                    .filter(|t| t.baseline == baseline)
-                    .map(|t| t.index)
-                    .collect();
-                assert_eq!(side, (0..per_side).collect::<Vec<_>>(), "{per_side}");
+        for sides in [2, 3] {
+            for per_side in [0, 1, BLOCK - 1, BLOCK, 2 * BLOCK + 3] {
+                let all: Vec<Turn> = turns(sides, per_side).collect();
+                for side in 0..sides {
+                    let indices: Vec<u32> = all
+                        .iter()
+                        .filter(|t| t.side == side)
+                        .map(|t| t.index)
+                        .collect();
+                    assert_eq!(indices, (0..per_side).collect::<Vec<_>>(), "{per_side}");
+                }
+                let opens = all.iter().filter(|t| t.opens_block).count();
+                assert_eq!(opens, sides * per_side.div_ceil(BLOCK) as usize);
+                for pair in all.windows(2) {
+                    assert_eq!(pair[1].opens_block, pair[0].side != pair[1].side);
+                }
             }
-            let opens = all.iter().filter(|t| t.opens_block).count() as u32;
-            assert_eq!(opens, 2 * per_side.div_ceil(BLOCK), "{per_side}");
-            for pair in all.windows(2) {
-                assert_eq!(pair[1].opens_block, pair[0].baseline != pair[1].baseline);
+            let first: Vec<usize> = turns(sides, 2 * BLOCK).map(|t| t.side).collect();
+            let block = BLOCK as usize;
+            for (i, side) in first.iter().enumerate() {
+                assert_eq!(*side, (i / block) % sides, "{i}");
             }
+            assert!(first[..block].iter().all(|s| *s == 0), "the baseline first");
         }
-        let first: Vec<bool> = turns(2 * BLOCK).map(|t| t.baseline).collect();
-        assert!(first[..BLOCK as usize].iter().all(|b| *b));
-        assert!(
-            first[BLOCK as usize..2 * BLOCK as usize]
-                .iter()
-                .all(|b| !*b)
-        );
     }
 }

@@ -128,15 +128,15 @@ pub async fn measure(ctx: &Context) -> Result<Vec<Row>> {
     let n = counts.iterations as usize;
     let (mut warm, mut cold_s) = (Samples::with_capacity(n), Samples::with_capacity(n));
     let cpu = CpuMeter::start(&ctx.daemon, "python");
-    for turn in turns(counts.warmup + counts.iterations) {
-        if !turn.baseline && !ready {
+    for turn in turns(2, counts.warmup + counts.iterations) {
+        if !turn.baseline() && !ready {
             continue;
         }
         if turn.opens_block {
             settle().await;
         }
         let keep = turn.index >= counts.warmup;
-        if turn.baseline {
+        if turn.baseline() {
             let p = python.clone();
             let c = blocking(move || cold(p)).await?;
             if keep {
