@@ -1,6 +1,7 @@
 //! Addresses of kruntimes gRPC servers (`unix:/path.sock` or `host:port`) and
 //! lazily connecting channels to them, shared by runtimed, krt and the tests.
 
+use crate::quiet::QuietUnixStream;
 use hyper_util::rt::TokioIo;
 use std::fmt;
 use std::path::PathBuf;
@@ -67,9 +68,8 @@ impl Address {
                         tower::service_fn(move |_| {
                             let path = path.clone();
                             async move {
-                                Ok::<_, std::io::Error>(TokioIo::new(
-                                    tokio::net::UnixStream::connect(path).await?,
-                                ))
+                                let stream = tokio::net::UnixStream::connect(path).await?;
+                                Ok::<_, std::io::Error>(TokioIo::new(QuietUnixStream::new(stream)?))
                             }
                         }),
                     ),

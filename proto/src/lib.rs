@@ -26,6 +26,7 @@ pub mod address;
 pub mod events;
 pub mod handoff;
 pub mod listen;
+pub mod quiet;
 
 /// Converts between `SystemTime` and protobuf timestamps.
 pub mod time {

@@ -241,6 +241,7 @@ impl Executions {
         let supervised = Supervised {
             exec: Arc::clone(&exec),
             exit: spawned.exit,
+            writers: spawned.writers,
             timeout: spec.timeout,
             grace: spec.grace,
             stdout,

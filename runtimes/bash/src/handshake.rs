@@ -50,7 +50,7 @@ async fn self_check(execs: &Executions) -> Result<(), String> {
         cwd: execs.workspace().root().to_path_buf(),
     };
     let spawned = spawn(execs.reaper(), &launch).map_err(|e| format!("bash self-check: {e}"))?;
-    drop((spawned.stdout, spawned.stderr));
+    drop((spawned.stdout, spawned.stderr, spawned.writers));
     match tokio::time::timeout(PROBE_TIMEOUT, spawned.exit).await {
         // A distinctive code proves bash ran the command, not just started.
         Ok(Ok(ProcessExit::Code(7))) => Ok(()),

@@ -24,9 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use kruntimes_proto::quiet::QuietUnixStream;
 use kruntimes_proto::runtime::v1::runtime_server_server::RuntimeServerServer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
@@ -156,9 +158,11 @@ async fn run(config: Config) -> Result<(), ServeError> {
                 tokio::spawn(serve_handoffs(listener, Arc::clone(&execs)));
             }
             tracing::info!(socket = %path.display(), workspace = %execs.workspace().root().display(), "serving");
-            tokio::spawn(
-                router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop),
-            )
+            tokio::spawn(router.serve_with_incoming_shutdown(
+                // Read-only registrations: see kruntimes_proto::quiet.
+                UnixListenerStream::new(listener).map(|conn| conn.and_then(QuietUnixStream::new)),
+                stop,
+            ))
         }
         ListenAddr::Tcp(addr) => {
             let listener = TcpListener::bind(addr)

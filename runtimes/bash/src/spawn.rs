@@ -45,6 +45,11 @@ pub struct Spawned {
     pub pid: i32,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// The server's own copies of the pipes' write ends (close-on-exec, so
+    /// no other process gets them). Held until the process group is gone:
+    /// the Run's exit then wakes the server once, with its exit signal,
+    /// instead of once more for each pipe it closes on the way out.
+    pub writers: [OwnedFd; 2],
     pub exit: oneshot::Receiver<ProcessExit>,
 }
 
@@ -291,12 +296,11 @@ pub fn spawn(reaper: &Reaper, launch: &Launch) -> Result<Spawned, RuntimeError> 
             .map(|()| pid)
         })
         .map_err(|e| spawn_error(&launch.program, e))?;
-    // The child has its own copies; the server keeps only the read ends.
-    drop((out_w, err_w));
     Ok(Spawned {
         pid,
         stdout: out_r,
         stderr: err_r,
+        writers: [out_w, err_w],
         exit,
     })
 }
@@ -390,7 +394,7 @@ mod tests {
             tmp.path(),
         );
         let spawned = spawn(&reaper, &l).unwrap();
-        drop(spawned.stderr);
+        drop((spawned.stderr, spawned.writers));
         let out = read_all(spawned.stdout);
         nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).unwrap();
         let mut lines = out.lines();
@@ -408,6 +412,33 @@ mod tests {
         let glibc_internal = (1u64 << 31) | (1u64 << 32);
         assert_eq!(ignored & !glibc_internal, 0, "{out}");
         assert_eq!(field(&out, "SigBlk:"), "0000000000000000", "{out}");
+    }
+
+    /// The pipes do not end when the process exits, only once the server
+    /// drops its copies of the write ends: the exit itself is the one event
+    /// that wakes the server.
+    #[test]
+    fn pipes_end_when_the_server_drops_its_write_ends() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let tmp = tempfile::tempdir().unwrap();
+        let reaper = Reaper::default();
+        let sh = resolve_program("sh", None, tmp.path()).unwrap();
+        let spawned = spawn(&reaper, &launch(&sh, &["-c", "exit 0"], tmp.path())).unwrap();
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).unwrap();
+        let ready = |fd: &OwnedFd| {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::ZERO).unwrap()
+        };
+        assert_eq!(
+            ready(&spawned.stdout),
+            0,
+            "no end while the server holds a writer"
+        );
+        assert_eq!(ready(&spawned.stderr), 0);
+        drop(spawned.writers);
+        assert_eq!(ready(&spawned.stdout), 1);
+        assert_eq!(ready(&spawned.stderr), 1);
+        assert_eq!(read_all(spawned.stdout), "");
     }
 
     /// An exec failure comes back from posix_spawn as FAILED_PRECONDITION

@@ -3,6 +3,7 @@
 //! or the grace to pass, SIGKILL the group), kills what is left of the group
 //! when the leader exits so nothing outlives the attempt, lets the output
 //! drain and records the Exit.
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,6 +34,8 @@ pub struct Supervised {
     pub grace: Duration,
     pub stdout: JoinHandle<PumpEnd>,
     pub stderr: JoinHandle<PumpEnd>,
+    /// The server's copies of the pipes' write ends (see `Spawned`).
+    pub writers: [OwnedFd; 2],
     pub leader_done: watch::Sender<bool>,
 }
 
@@ -44,6 +47,7 @@ pub async fn supervise(s: Supervised) {
         grace,
         stdout,
         stderr,
+        writers,
         leader_done,
     } = s;
     let pgid = Pid::from_raw(exec.pid);
@@ -97,6 +101,10 @@ pub async fn supervise(s: Supervised) {
     // Whatever is left of the group dies with the leader.
     signal_group(pgid, Signal::SIGKILL);
     let group_cleared = wait_group_gone(pgid).await;
+    // Nobody of the group writes any more: the pipes end once the server's
+    // copies close (unless an escaped process holds one; the pumps bound
+    // that wait).
+    drop(writers);
     let _ = leader_done.send(true);
     let out_end = stdout.await.unwrap_or(PumpEnd::Abandoned);
     let err_end = stderr.await.unwrap_or(PumpEnd::Abandoned);

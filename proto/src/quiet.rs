@@ -1,0 +1,177 @@
+//! A Unix stream socket that wakes its process only to read: the connection
+//! between runtimed and a Runtime Server, on both ends.
+//!
+//! Why: tokio registers a stream for reading and writing at once,
+//! edge-triggered. A Unix socket tells its writer "writable" each time the
+//! peer consumes a message (the kernel frees the sent buffer and wakes the
+//! writer's waiters), so every reply runtimed read from the bash server woke
+//! that server for nothing, and every request the server read woke runtimed:
+//! a pair of context switches on a Run's path at its start and again at its
+//! exit (`perf sched timehist`). Registered for readability only, the stream
+//! asks to hear about room to write only after a write found none, through a
+//! second registration (on a duplicate of the descriptor) that is dropped as
+//! soon as a write goes through again.
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+pub struct QuietUnixStream {
+    stream: AsyncFd<UnixStream>,
+    /// Registered for writability while a write waits for room.
+    congested: Option<AsyncFd<OwnedFd>>,
+}
+
+impl QuietUnixStream {
+    /// Takes over a connected stream (its tokio registration is replaced).
+    /// Needs a tokio runtime.
+    pub fn new(stream: tokio::net::UnixStream) -> io::Result<QuietUnixStream> {
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(true)?;
+        Ok(QuietUnixStream {
+            stream: register(stream, Interest::READABLE)?,
+            congested: None,
+        })
+    }
+
+    /// Runs a non-blocking write until it goes through or there is no room,
+    /// then waits for room.
+    fn poll_write_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&UnixStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            match write(self.stream.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => {
+                    self.congested = None;
+                    return Poll::Ready(done);
+                }
+            }
+            let congested = match &self.congested {
+                Some(c) => c,
+                // Registering reports room that is already there at once.
+                None => self.congested.insert(register(
+                    self.stream.get_ref().as_fd().try_clone_to_owned()?,
+                    Interest::WRITABLE,
+                )?),
+            };
+            ready!(congested.poll_write_ready(cx))?.clear_ready();
+        }
+    }
+}
+
+/// Registers a descriptor this process owns with tokio's reactor.
+fn register<T: AsRawFd>(owner: T, interest: Interest) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `owner` (a UnixStream or an OwnedFd) owns its descriptor,
+    // which stays open and the same until the AsyncFd, holding `owner`, is
+    // dropped.
+    unsafe { AsyncFd::register_with_interest(owner, interest) }.map_err(io::Error::from)
+}
+
+impl AsyncRead for QuietUnixStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.stream.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|s| {
+                let mut s = s.get_ref();
+                s.read(unfilled)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for QuietUnixStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(cx, |mut s| s.write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut()
+            .poll_write_with(cx, |mut s| s.write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.stream.get_ref().shutdown(Shutdown::Write))
+    }
+}
+
+impl tonic::transport::server::Connected for QuietUnixStream {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Both ways, and more than the socket buffers hold, so the writer has
+    /// to wait for room (the path through the second registration).
+    #[tokio::test]
+    async fn carries_bytes_both_ways_and_waits_for_room() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (mut a, mut b) = (
+            QuietUnixStream::new(a).unwrap(),
+            QuietUnixStream::new(b).unwrap(),
+        );
+        let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            a.write_all(&sent).await.unwrap();
+            a.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            a.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        // Let the writer fill the socket before anyone reads.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut got = Vec::new();
+        let read = b.read_to_end(&mut got);
+        tokio::time::timeout(std::time::Duration::from_secs(20), read)
+            .await
+            .expect("the writer stalled")
+            .unwrap();
+        assert!(got == data, "{} bytes back of {}", got.len(), data.len());
+        let bufs = [IoSlice::new(b"one "), IoSlice::new(b"reply")];
+        let n = b.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, 9);
+        drop(b);
+        assert_eq!(writer.await.unwrap(), b"one reply");
+    }
+}
