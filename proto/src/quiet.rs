@@ -84,11 +84,18 @@ impl AsyncRead for QuietUnixStream {
         loop {
             let mut guard = ready!(self.stream.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
+            let len = unfilled.len();
             match guard.try_io(|s| {
                 let mut s = s.get_ref();
                 s.read(unfilled)
             }) {
                 Ok(Ok(n)) => {
+                    // A short read emptied the socket: wait for the next
+                    // edge instead of trying a read that finds nothing (as
+                    // tokio's own streams do).
+                    if n > 0 && n < len {
+                        guard.clear_ready();
+                    }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
