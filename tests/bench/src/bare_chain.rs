@@ -17,10 +17,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct BareChain {
     // Dropped in order: the proxy, the spawner, then their directory.
-    proxy: Child,
-    spawner: Child,
+    proxy: Killed,
+    spawner: Killed,
     _dir: tempfile::TempDir,
     addr: String,
+}
+
+/// A role's process, killed and reaped when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl BareChain {
@@ -29,13 +39,7 @@ impl BareChain {
         let dir = tempfile::tempdir().map_err(|e| BenchError::io("creating a temp dir", e))?;
         let socket = dir.path().join("spawner.sock");
         let (spawner, _) = launch(exe, "spawner", &socket).await?;
-        let (proxy, addr) = match launch(exe, "proxy", &socket).await {
-            Ok(p) => p,
-            Err(e) => {
-                reap(spawner);
-                return Err(e);
-            }
-        };
+        let (proxy, addr) = launch(exe, "proxy", &socket).await?;
         Ok(BareChain {
             proxy,
             spawner,
@@ -47,8 +51,8 @@ impl BareChain {
     /// The proxy's and the spawner's pids, for their CPU time.
     pub fn pids(&self) -> Vec<(&'static str, Option<u32>)> {
         vec![
-            ("proxy", Some(self.proxy.id())),
-            ("spawner", Some(self.spawner.id())),
+            ("proxy", Some(self.proxy.0.id())),
+            ("spawner", Some(self.spawner.0.id())),
         ]
     }
 
@@ -61,22 +65,8 @@ impl BareChain {
     }
 }
 
-impl Drop for BareChain {
-    fn drop(&mut self) {
-        for child in [&mut self.proxy, &mut self.spawner] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn reap(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// Starts one role and returns it with the address from its `ready` line.
-async fn launch(exe: &Path, role: &'static str, socket: &Path) -> Result<(Child, String)> {
+async fn launch(exe: &Path, role: &'static str, socket: &Path) -> Result<(Killed, String)> {
     let mut child = Command::new(exe)
         .arg(role)
         .arg(socket)
@@ -85,8 +75,9 @@ async fn launch(exe: &Path, role: &'static str, socket: &Path) -> Result<(Child,
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| BenchError::io(format!("starting {} {role}", exe.display()), e))?;
-    let Some(stdout) = child.stdout.take() else {
-        reap(child);
+    let stdout = child.stdout.take();
+    let child = Killed(child);
+    let Some(stdout) = stdout else {
         return Err(BenchError::Unexpected(format!("{role}: no stdout")));
     };
     let ready = tokio::time::timeout(
@@ -108,6 +99,5 @@ async fn launch(exe: &Path, role: &'static str, socket: &Path) -> Result<(Child,
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("not ready within {}s", READY_TIMEOUT.as_secs()),
     };
-    reap(child);
     Err(BenchError::Unexpected(format!("bare chain {role}: {why}")))
 }
