@@ -40,7 +40,8 @@
 //! at explicit offsets, never appended, and
 //! the stale bytes past the log's length are never read (the index bounds
 //! every read, and [`Spool::open`] trims them after a crash); when the log
-//! is closed the file is cut to the log's length.
+//! is closed the file is cut to the log's length, and so it is before the
+//! first splice (the recovery of a splice reads the file's size).
 
 use crate::shelf::Shelf;
 use bytes::Bytes;
@@ -474,29 +475,35 @@ impl Spool {
         }
         self.open_files(&mut inner, false)?;
         if self.progress().closed {
-            self.cut_stale_tail(&mut inner);
+            self.cut_finished(&mut inner);
             inner.idx_file = None;
             inner.data = None;
         }
         Ok(())
     }
 
-    /// Cuts a recycled data file's stale bytes past the log: a finished
-    /// log's file is exactly its length (and so is the gauge).
-    fn cut_stale_tail(&self, inner: &mut Inner) {
+    /// Cuts a recycled data file's stale bytes past the log, so the file is
+    /// exactly the log (and so is the gauge): when the log is finished, and
+    /// before the first splice (see [`Spool::splice_from`]).
+    fn cut_stale_tail(&self, inner: &mut Inner) -> std::io::Result<()> {
         if inner.reserved <= inner.len {
-            return;
+            return Ok(());
         }
-        let Some(data) = &inner.data else { return };
-        match data.set_len(inner.len) {
-            Ok(()) => {
-                self.usage
-                    .fetch_sub(inner.reserved - inner.len, Ordering::Relaxed);
-                inner.reserved = 0;
-            }
-            Err(e) => {
-                tracing::warn!(path = %self.data_path.display(), error = %e, "cannot cut a recycled spool file to its log")
-            }
+        let Some(data) = &inner.data else {
+            return Ok(());
+        };
+        data.set_len(inner.len)?;
+        self.usage
+            .fetch_sub(inner.reserved - inner.len, Ordering::Relaxed);
+        inner.reserved = 0;
+        Ok(())
+    }
+
+    /// [`Spool::cut_stale_tail`] for a finished log: a failure leaves
+    /// stale bytes no read reaches, so it is only logged.
+    fn cut_finished(&self, inner: &mut Inner) {
+        if let Err(e) = self.cut_stale_tail(inner) {
+            tracing::warn!(path = %self.data_path.display(), error = %e, "cannot cut a recycled spool file to its log");
         }
     }
 
@@ -640,6 +647,10 @@ impl Spool {
                 return Ok(0);
             }
             self.create_files(&mut inner)?;
+            // After a crash, `open` reads how much of a splice arrived off
+            // the data file's size, which a recycled file's stale bytes
+            // would hide: they go first (its cached pages with them).
+            self.cut_stale_tail(&mut inner)?;
             let inner = &mut *inner;
             let (Some(idx_file), Some(target)) = (inner.idx_file.as_mut(), inner.data.clone())
             else {
@@ -716,7 +727,7 @@ impl Spool {
     /// and keeps the last record in memory only if it is small.
     pub fn close(&self) {
         let mut inner = self.lock();
-        self.cut_stale_tail(&mut inner);
+        self.cut_finished(&mut inner);
         inner.idx_file = None;
         inner.data = None;
         // A copy: the slice may share a much larger receive buffer.
@@ -1325,7 +1336,8 @@ mod tests {
     }
 
     /// A recycled file's stale bytes past the log never show: not while it
-    /// is written, not after a crash (re-opening trims them), and a log the
+    /// is written, not after a crash (re-opening trims them); a splice cuts
+    /// them first (its crash recovery reads the file's size); and a log the
     /// budget evicts does not go on the shelf.
     #[test]
     fn stale_bytes_of_a_recycled_file_never_show_and_evicted_logs_are_not_shelved() {
@@ -1333,33 +1345,53 @@ mod tests {
         let f = Recycling::new();
         let (dir, shelf) = (&f.dir, &f.shelf);
         let big = vec![b'x'; 2 * crate::shelf::LARGE_BYTES as usize];
-        let old = f.spool("old");
-        old.append(StreamKind::Stdout, 0, Bytes::from(big.clone()))
-            .unwrap();
-        old.remove();
+        let size = |id: &str| {
+            std::fs::metadata(dir.path().join(format!("{id}.log")))
+                .unwrap()
+                .len()
+        };
+        let shelve = |id: &str| {
+            let old = f.spool(id);
+            old.append(StreamKind::Stdout, 0, Bytes::from(big.clone()))
+                .unwrap();
+            old.remove();
+        };
+        let past_hold = vec![b'm'; HOLD_MAX + 1];
 
-        // Spliced output lands at the log's offsets, not the file's end.
+        // Written over in place: only the log's bytes show.
+        shelve("old");
         let s = f.spool("r");
-        let (r, w) = nix::unistd::pipe().unwrap();
-        nix::unistd::write(&w, b"spliced").unwrap();
-        assert_eq!(s.splice_from(StreamKind::Stdout, r.as_fd(), 7).unwrap(), 7);
-        assert_eq!(read_all(&s), b"spliced");
-        let (chunk, next) = s.read(7, 100, None).unwrap();
-        assert!(chunk.is_none() && next == 7, "{chunk:?} {next}");
-        // A crash now (no close): the file is still 2 MiB of which 7 bytes
-        // are this log's; re-opening trims the rest.
-        assert_eq!(
-            std::fs::metadata(dir.path().join("r.log")).unwrap().len(),
-            big.len() as u64
-        );
+        s.append(StreamKind::Stdout, 0, Bytes::from(past_hold.clone()))
+            .unwrap();
+        assert_eq!(read_all(&s), past_hold);
+        let (chunk, next) = s.read(past_hold.len() as u64, 100, None).unwrap();
+        assert!(chunk.is_none() && next == past_hold.len() as u64);
+        // A crash now (no close): the file is still 2 MiB of which only the
+        // log's bytes are this log's; re-opening trims the rest.
+        assert_eq!(size("r"), big.len() as u64);
         let usage2 = Arc::new(AtomicU64::new(0));
         let again = Spool::open(dir.path(), "r", 1 << 30, true, usage2.clone()).unwrap();
-        assert_eq!(read_all(&again), b"spliced");
+        assert_eq!(read_all(&again), past_hold);
+        assert_eq!(size("r"), past_hold.len() as u64);
+        assert_eq!(usage2.load(Ordering::Relaxed), past_hold.len() as u64);
+
+        // A splice lands at the log's offset with no stale byte after it.
+        shelve("old2");
+        let p = f.spool("p");
+        p.append(StreamKind::Stdout, 0, Bytes::from(past_hold.clone()))
+            .unwrap();
+        assert_eq!(size("p"), big.len() as u64, "a recycled file");
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"spliced").unwrap();
+        assert_eq!(p.splice_from(StreamKind::Stdout, r.as_fd(), 7).unwrap(), 7);
+        let want = [&past_hold[..], b"spliced"].concat();
+        assert_eq!(read_all(&p), want);
+        assert_eq!(size("p"), want.len() as u64);
+        // The gauge: r's whole file (never closed), p's log.
         assert_eq!(
-            std::fs::metadata(dir.path().join("r.log")).unwrap().len(),
-            7
+            f.usage.load(Ordering::Relaxed),
+            (big.len() + want.len()) as u64
         );
-        assert_eq!(usage2.load(Ordering::Relaxed), 7);
 
         // Evicted (the budget wants the space): deleted, not shelved.
         let e = f.spool("e");

@@ -6,6 +6,7 @@ mod common;
 
 use common::{Daemon, sh};
 use kruntimes_proto::runtimed::v1 as pb;
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 const LINES: u64 = 7_000_000; // `seq 1 7000000` is 54.9 MB
@@ -115,8 +116,9 @@ async fn sigkill_while_draining_a_handed_off_pipe_loses_nothing() {
 }
 
 /// The same into a recycled spool file (a forgotten Run's 64 MB of 'z',
-/// more than this Run writes): after the crash the restarted runtimed trims
-/// the stale bytes, and the log is exactly the Run's output.
+/// more than this Run writes): the stale bytes are cut before the first
+/// splice (a crash mid-splice is recovered from the file's size, which they
+/// would hide), and the log is exactly the Run's output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_draining_into_a_recycled_spool_file_loses_nothing() {
     sigkill_mid_run(
@@ -132,7 +134,7 @@ async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool, recycled:
     let d = Daemon::start(&[]).await;
     d.wait_ready("bash").await;
     let mut c = d.client();
-    if recycled {
+    let recycled_inode = if recycled {
         let stale = "head -c 64000000 /dev/zero | tr '\\0' z";
         start_detached(&mut c, "stale", stale).await;
         poll_until(&mut c, "stale", |r| r.phase == pb::Phase::Succeeded as i32).await;
@@ -142,8 +144,12 @@ async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool, recycled:
         .await
         .unwrap();
         let shelved = d.dir.path().join("spool/.recycled-0.log");
-        assert_eq!(std::fs::metadata(&shelved).unwrap().len(), 64_000_000);
-    }
+        let meta = std::fs::metadata(&shelved).unwrap();
+        assert_eq!(meta.len(), 64_000_000);
+        Some(meta.ino())
+    } else {
+        None
+    };
     start_detached(&mut c, "durable", script).await;
 
     // Kill runtimed once a few MB are spooled, while the Run is mid-output.
@@ -166,10 +172,14 @@ async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool, recycled:
         );
     }
 
-    if recycled {
-        let log = dir.path().join("spool/durable.log");
-        let size = std::fs::metadata(&log).unwrap().len();
-        assert_eq!(size, 64_000_000, "the Run wrote into the recycled file");
+    if let Some(inode) = recycled_inode {
+        let log = std::fs::metadata(dir.path().join("spool/durable.log")).unwrap();
+        assert_eq!(log.ino(), inode, "the Run wrote into the recycled file");
+        assert!(
+            log.len() < 64_000_000,
+            "the stale bytes were not cut before the splices: {} bytes",
+            log.len()
+        );
     }
     let (d, mut c, r) = restart_and_wait(dir, "durable").await;
     assert_eq!(r.phase, pb::Phase::Failed as i32, "{r:?}\n{}", d.log());
