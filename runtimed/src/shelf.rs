@@ -13,7 +13,8 @@
 //! inode walks past every inode freed in the last minutes: ~0.8 ms each
 //! after 20000 files were deleted on the same filesystem).
 //!
-//! Bounds: at most [`MAX_LARGE`] large and [`MAX_SMALL`] small pairs; their
+//! Bounds: at most [`MAX_LARGE`] large and [`MAX_SMALL`] small pairs, a data
+//! file cut to [`KEEP_BYTES`] when shelved; their
 //! data bytes stay in the spool budget's gauge, and the budget discards them
 //! before any log is evicted. A shelved index is always empty (it is emptied
 //! before it is shelved, so no crash can leave a Run with another's
@@ -31,6 +32,12 @@ use std::sync::{Arc, Mutex};
 pub const LARGE_BYTES: u64 = 1 << 20;
 /// Large pairs kept at most.
 pub const MAX_LARGE: usize = 2;
+/// A shelved data file is cut to this size: a log handed off by its
+/// Runtime Server cuts a recycled file's stale bytes before its first
+/// splice (see `spool`), on the Run's path, where freeing a GiB of cached
+/// pages took 63 ms here; a log written by messages (not handed off, so
+/// slower) rarely outgrows it.
+pub const KEEP_BYTES: u64 = 64 << 20;
 /// Small pairs kept at most: a burst of short Runs forgotten together.
 pub const MAX_SMALL: usize = 16;
 
@@ -89,10 +96,11 @@ impl Shelf {
             .count()
     }
 
-    /// Moves a removed log's files (a data file of `size` bytes and its
-    /// index, emptied first) onto the shelf; false when they do not fit
-    /// (that class is full, the rename failed) and the caller deletes them.
-    /// The data bytes stay counted in the spool gauge.
+    /// Moves a removed log's files (a data file of `size` bytes, cut to
+    /// [`KEEP_BYTES`], and its index, emptied first) onto the shelf; false
+    /// when they do not fit (that class is full, the rename failed) and the
+    /// caller deletes them. The data bytes kept stay counted in the spool
+    /// gauge.
     pub fn put(&self, data: &Path, idx: &Path, size: u64) -> bool {
         let mut files = self.lock();
         let large = size >= LARGE_BYTES;
@@ -103,9 +111,14 @@ impl Shelf {
         let n = self.names.fetch_add(1, Ordering::Relaxed);
         let shelved = |ext: &str| data.with_file_name(format!("{PREFIX}{n}.{ext}"));
         let (data_to, idx_to) = (shelved("log"), shelved("idx"));
+        if size > KEEP_BYTES && nix::unistd::truncate(data, KEEP_BYTES as i64).is_err() {
+            return false;
+        }
         if std::fs::rename(data, &data_to).is_err() {
             return false;
         }
+        let kept = size.min(KEEP_BYTES);
+        self.usage.fetch_sub(size - kept, Ordering::Relaxed);
         let idx = if nix::unistd::truncate(idx, 0).is_ok() && std::fs::rename(idx, &idx_to).is_ok()
         {
             Some(idx_to)
@@ -116,7 +129,7 @@ impl Shelf {
         files.push(Shelved {
             data: data_to,
             idx,
-            size,
+            size: kept,
         });
         true
     }
@@ -258,6 +271,25 @@ mod tests {
         assert_eq!(shelf.bytes(), 0);
         assert!(shelved(dir.path()).is_empty(), "{:?}", shelved(dir.path()));
         assert_eq!(shelf.take(&d, &i, false), None);
+    }
+
+    /// A data file larger than KEEP_BYTES is cut to it on the shelf; the
+    /// bytes cut leave the gauge.
+    #[test]
+    fn a_huge_data_file_is_cut_when_shelved() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = KEEP_BYTES + LARGE_BYTES;
+        let usage = Arc::new(AtomicU64::new(huge));
+        let shelf = Shelf::new(usage.clone(), Counter::default());
+        let (data, idx) = pair(dir.path(), "r", huge);
+        assert!(shelf.put(&data, &idx, huge));
+        assert_eq!(
+            (shelf.bytes(), usage.load(Ordering::Relaxed)),
+            (KEEP_BYTES, KEEP_BYTES)
+        );
+        let (d, i) = (dir.path().join("new.log"), dir.path().join("new.idx"));
+        assert_eq!(shelf.take(&d, &i, true), Some(KEEP_BYTES));
+        assert_eq!(std::fs::metadata(&d).unwrap().len(), KEEP_BYTES);
     }
 
     /// A shelved file deleted behind runtimed's back is not handed out, and
