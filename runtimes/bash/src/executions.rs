@@ -19,7 +19,7 @@ use crate::error::RuntimeError;
 use crate::execution::{Execution, Which};
 use crate::pump::pump;
 use crate::reaper::Reaper;
-use crate::spawn::{Launch, merged_env, resolve_program, spawn};
+use crate::spawn::{Env, Launch, resolve_program, spawn};
 use crate::supervisor::{Supervised, supervise};
 use crate::validate::{self, Program};
 use crate::workspace::Workspace;
@@ -163,14 +163,10 @@ impl Executions {
         let id = spec.execution_id.clone();
 
         let cwd = self.workspace.working_dir(&id, &spec.working_dir)?;
-        let env = merged_env(&spec.env);
+        let env = Env::merged(&spec.env);
         let launch = match spec.program {
             Program::Command { mut argv } => {
-                let path = env
-                    .iter()
-                    .find(|(k, _)| k == "PATH")
-                    .map(|(_, v)| v.as_os_str());
-                let program = resolve_program(&argv[0], path, &cwd)?;
+                let program = resolve_program(&argv[0], env.get("PATH"), &cwd)?;
                 let arg0 = OsString::from(argv.remove(0));
                 Launch {
                     program,

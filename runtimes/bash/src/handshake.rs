@@ -7,7 +7,7 @@ use kruntimes_proto::runtime::v1::{HandshakeResponse, ProtocolVersion};
 
 use crate::executions::Executions;
 use crate::reaper::ProcessExit;
-use crate::spawn::{Launch, merged_env, spawn};
+use crate::spawn::{Env, Launch, spawn};
 
 /// How long the probe bash may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ async fn self_check(execs: &Executions) -> Result<(), String> {
         program: execs.bash().to_path_buf(),
         arg0: "bash".into(),
         args: vec![OsString::from("-c"), OsString::from("exit 7")],
-        env: merged_env(&[]),
+        env: Env::default(),
         cwd: execs.workspace().root().to_path_buf(),
     };
     let spawned = spawn(execs.reaper(), &launch).map_err(|e| format!("bash self-check: {e}"))?;
