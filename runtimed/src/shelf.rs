@@ -13,8 +13,12 @@
 //! inode walks past every inode freed in the last minutes: ~0.8 ms each
 //! after 20000 files were deleted on the same filesystem).
 //!
-//! Bounds: at most [`MAX_LARGE`] large and [`MAX_SMALL`] small pairs, a data
-//! file cut to [`KEEP_BYTES`] when shelved; their
+//! Freeing a large file's cached pages is slow (~63 ms per GiB here), so
+//! it never runs on runtimed's event loop: a shelved data file is cut to
+//! [`KEEP_BYTES`] on tokio's blocking pool before it is handed out, and a
+//! large file that is not shelved is renamed away and deleted there.
+//!
+//! Bounds: at most [`MAX_LARGE`] large and [`MAX_SMALL`] small pairs; their
 //! data bytes stay in the spool budget's gauge, and the budget discards them
 //! before any log is evicted. A shelved index is always empty (it is emptied
 //! before it is shelved, so no crash can leave a Run with another's
@@ -36,7 +40,8 @@ pub const MAX_LARGE: usize = 2;
 /// Runtime Server cuts a recycled file's stale bytes before its first
 /// splice (see `spool`), on the Run's path, where freeing a GiB of cached
 /// pages took 63 ms here; a log written by messages (not handed off, so
-/// slower) rarely outgrows it.
+/// slower) rarely outgrows it. The cut itself runs off the event loop,
+/// and the file is handed out only after it.
 pub const KEEP_BYTES: u64 = 64 << 20;
 /// Small pairs kept at most: a burst of short Runs forgotten together.
 pub const MAX_SMALL: usize = 16;
@@ -48,6 +53,9 @@ struct Shelved {
     /// `None` when the index could not be shelved with its data file.
     idx: Option<PathBuf>,
     size: u64,
+    /// False while the data file is being cut to [`KEEP_BYTES`]: not
+    /// handed out nor discarded yet.
+    ready: bool,
 }
 
 impl Shelved {
@@ -101,7 +109,7 @@ impl Shelf {
     /// when they do not fit (that class is full, the rename failed) and the
     /// caller deletes them. The data bytes kept stay counted in the spool
     /// gauge.
-    pub fn put(&self, data: &Path, idx: &Path, size: u64) -> bool {
+    pub fn put(self: &Arc<Self>, data: &Path, idx: &Path, size: u64) -> bool {
         let mut files = self.lock();
         let large = size >= LARGE_BYTES;
         let max = if large { MAX_LARGE } else { MAX_SMALL };
@@ -111,14 +119,9 @@ impl Shelf {
         let n = self.names.fetch_add(1, Ordering::Relaxed);
         let shelved = |ext: &str| data.with_file_name(format!("{PREFIX}{n}.{ext}"));
         let (data_to, idx_to) = (shelved("log"), shelved("idx"));
-        if size > KEEP_BYTES && nix::unistd::truncate(data, KEEP_BYTES as i64).is_err() {
-            return false;
-        }
         if std::fs::rename(data, &data_to).is_err() {
             return false;
         }
-        let kept = size.min(KEEP_BYTES);
-        self.usage.fetch_sub(size - kept, Ordering::Relaxed);
         let idx = if nix::unistd::truncate(idx, 0).is_ok() && std::fs::rename(idx, &idx_to).is_ok()
         {
             Some(idx_to)
@@ -126,12 +129,63 @@ impl Shelf {
             let _ = std::fs::remove_file(idx);
             None
         };
+        let ready = size <= KEEP_BYTES;
         files.push(Shelved {
-            data: data_to,
+            data: data_to.clone(),
             idx,
-            size: kept,
+            size,
+            ready,
         });
+        drop(files);
+        if !ready {
+            let shelf = Arc::clone(self);
+            off_the_loop(move || shelf.cut(&data_to, size));
+        }
         true
+    }
+
+    /// Deletes a removed log's files that do not go on the shelf. A large
+    /// data file is first renamed to a shelf name (so a new log of the same
+    /// Run id is never hit) and deleted off the event loop: freeing its
+    /// cached pages takes ~63 ms per GiB here.
+    pub fn delete(&self, data: &Path, idx: &Path, size: u64) {
+        let _ = std::fs::remove_file(idx);
+        if size >= LARGE_BYTES {
+            let n = self.names.fetch_add(1, Ordering::Relaxed);
+            let doomed = data.with_file_name(format!("{PREFIX}{n}.log"));
+            if std::fs::rename(data, &doomed).is_ok() {
+                off_the_loop(move || {
+                    let _ = std::fs::remove_file(doomed);
+                });
+                return;
+            }
+        }
+        let _ = std::fs::remove_file(data);
+    }
+
+    /// Cuts a shelved data file of `size` bytes to [`KEEP_BYTES`] and makes
+    /// it available (or deletes it if it cannot be cut).
+    fn cut(&self, data: &Path, size: u64) {
+        let cut = nix::unistd::truncate(data, KEEP_BYTES as i64);
+        let mut files = self.lock();
+        let Some(at) = files.iter().position(|f| f.data == data) else {
+            return;
+        };
+        match cut {
+            Ok(()) => {
+                files[at].size = KEEP_BYTES;
+                files[at].ready = true;
+                self.usage.fetch_sub(size - KEEP_BYTES, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(path = %data.display(), error = %e, "cannot cut a recycled spool file; deleted");
+                let f = files.remove(at);
+                for path in std::iter::once(&f.data).chain(&f.idx) {
+                    let _ = std::fs::remove_file(path);
+                }
+                self.usage.fetch_sub(size, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Renames the newest fitting pair to `data` and `idx` (a large one
@@ -141,7 +195,7 @@ impl Shelf {
     pub fn take(&self, data: &Path, idx: &Path, large_ok: bool) -> Option<u64> {
         let mut files = self.lock();
         loop {
-            let newest = |large: bool| files.iter().rposition(|f| f.large() == large);
+            let newest = |large: bool| files.iter().rposition(|f| f.ready && f.large() == large);
             let at = if large_ok {
                 newest(true).or_else(|| newest(false))
             } else {
@@ -167,12 +221,16 @@ impl Shelf {
     }
 
     /// Deletes shelved pairs, oldest first, until at least `want` bytes are
-    /// freed or none is left; they leave the gauge. Returns the bytes freed.
+    /// freed or none is left (pairs still being cut are left); they leave
+    /// the gauge. Returns the bytes freed.
     pub fn discard(&self, want: u64) -> u64 {
         let mut files = self.lock();
         let mut freed = 0;
-        while freed < want && !files.is_empty() {
-            let f = files.remove(0);
+        while freed < want {
+            let Some(at) = files.iter().position(|f| f.ready) else {
+                break;
+            };
+            let f = files.remove(at);
             for path in std::iter::once(&f.data).chain(&f.idx) {
                 if let Err(e) = std::fs::remove_file(path)
                     && e.kind() != std::io::ErrorKind::NotFound
@@ -190,6 +248,15 @@ impl Shelf {
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> u64 {
         self.lock().iter().map(|f| f.size).sum()
+    }
+}
+
+/// Runs `f` on tokio's blocking pool when there is a runtime (freeing a
+/// large file's pages must not stall runtimed's event loop), else at once.
+pub fn off_the_loop(f: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(f)),
+        Err(_) => f(),
     }
 }
 
@@ -223,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let taken = Counter::default();
         let (large, small) = (LARGE_BYTES, 4096);
-        let shelf = Shelf::new(Default::default(), taken.clone());
+        let shelf = Arc::new(Shelf::new(Default::default(), taken.clone()));
         for i in 0..MAX_LARGE as u64 {
             let (data, idx) = pair(dir.path(), &format!("l{i}"), large + i);
             assert!(shelf.put(&data, &idx, large + i));
@@ -273,23 +340,68 @@ mod tests {
         assert_eq!(shelf.take(&d, &i, false), None);
     }
 
-    /// A data file larger than KEEP_BYTES is cut to it on the shelf; the
-    /// bytes cut leave the gauge.
+    /// A data file larger than KEEP_BYTES is cut to it on the shelf (at
+    /// once without a tokio runtime, on its blocking pool with one) and
+    /// only then handed out; the bytes cut leave the gauge.
+    fn cut_when_shelved(shelf: &Arc<Shelf>, usage: &AtomicU64, dir: &Path) {
+        let huge = KEEP_BYTES + LARGE_BYTES;
+        usage.store(huge, Ordering::Relaxed);
+        let (data, idx) = pair(dir, "r", huge);
+        assert!(shelf.put(&data, &idx, huge));
+        let (d, i) = (dir.join("new.log"), dir.join("new.idx"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let taken = loop {
+            if let Some(size) = shelf.take(&d, &i, true) {
+                break size;
+            }
+            assert!(std::time::Instant::now() < deadline, "never ready");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(taken, KEEP_BYTES);
+        assert_eq!(std::fs::metadata(&d).unwrap().len(), KEEP_BYTES);
+        assert_eq!(usage.load(Ordering::Relaxed), KEEP_BYTES);
+    }
+
     #[test]
     fn a_huge_data_file_is_cut_when_shelved() {
         let dir = tempfile::tempdir().unwrap();
-        let huge = KEEP_BYTES + LARGE_BYTES;
-        let usage = Arc::new(AtomicU64::new(huge));
-        let shelf = Shelf::new(usage.clone(), Counter::default());
-        let (data, idx) = pair(dir.path(), "r", huge);
-        assert!(shelf.put(&data, &idx, huge));
-        assert_eq!(
-            (shelf.bytes(), usage.load(Ordering::Relaxed)),
-            (KEEP_BYTES, KEEP_BYTES)
-        );
-        let (d, i) = (dir.path().join("new.log"), dir.path().join("new.idx"));
-        assert_eq!(shelf.take(&d, &i, true), Some(KEEP_BYTES));
-        assert_eq!(std::fs::metadata(&d).unwrap().len(), KEEP_BYTES);
+        let usage = Arc::new(AtomicU64::new(0));
+        let shelf = Arc::new(Shelf::new(usage.clone(), Counter::default()));
+        cut_when_shelved(&shelf, &usage, dir.path());
+    }
+
+    #[tokio::test]
+    async fn a_huge_data_file_is_cut_off_the_event_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(AtomicU64::new(0));
+        let shelf = Arc::new(Shelf::new(usage.clone(), Counter::default()));
+        cut_when_shelved(&shelf, &usage, dir.path());
+        // Where such work runs: not on the runtime's own thread.
+        let (tx, rx) = std::sync::mpsc::channel();
+        off_the_loop(move || tx.send(std::thread::current().id()).unwrap());
+        let ran_on = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_ne!(ran_on, std::thread::current().id());
+    }
+
+    /// A large log's files that do not go on the shelf are deleted off the
+    /// event loop, and a new log of the same Run id is never hit.
+    #[tokio::test]
+    async fn a_large_file_is_deleted_off_the_loop_under_another_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let shelf = Shelf::default();
+        let (data, idx) = pair(dir.path(), "r", LARGE_BYTES);
+        shelf.delete(&data, &idx, LARGE_BYTES);
+        assert!(!data.exists() && !idx.exists());
+        std::fs::write(&data, b"the next log of r").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !shelved(dir.path()).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never deleted");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(std::fs::read(&data).unwrap(), b"the next log of r");
+        let (small, small_idx) = pair(dir.path(), "s", 10);
+        shelf.delete(&small, &small_idx, 10);
+        assert!(!small.exists() && !small_idx.exists());
     }
 
     /// A shelved file deleted behind runtimed's back is not handed out, and
@@ -298,7 +410,7 @@ mod tests {
     fn a_lost_shelved_file_leaves_the_gauge() {
         let dir = tempfile::tempdir().unwrap();
         let usage = Arc::new(AtomicU64::new(LARGE_BYTES));
-        let shelf = Shelf::new(usage.clone(), Counter::default());
+        let shelf = Arc::new(Shelf::new(usage.clone(), Counter::default()));
         let (data, idx) = pair(dir.path(), "r", LARGE_BYTES);
         assert!(shelf.put(&data, &idx, LARGE_BYTES));
         assert_eq!(Shelf::clear_leftovers(dir.path()), 2);
@@ -311,7 +423,7 @@ mod tests {
     #[test]
     fn leftovers_of_an_earlier_process_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let shelf = Shelf::default();
+        let shelf = Arc::new(Shelf::default());
         let (data, idx) = pair(dir.path(), "r", 10);
         assert!(shelf.put(&data, &idx, 10));
         let (run_log, run_idx) = pair(dir.path(), "other", 10);
