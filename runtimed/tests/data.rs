@@ -285,14 +285,23 @@ async fn forgotten_logs_are_recycled_and_yield_to_the_budget() {
         assert!(data == seq(10000), "{id}'s log is intact");
     }
 
-    // A forgotten short log's files serve the next short log.
+    // A forgotten short log's files serve the next short log. (They are
+    // written just after the result went out: wait for them.)
     let inode = |id: &str| {
         use std::os::unix::fs::MetadataExt;
         let spool = d.dir.path().join("spool");
         let ino = |ext: &str| {
-            std::fs::metadata(spool.join(format!("{id}.{ext}")))
-                .unwrap()
-                .ino()
+            let path = spool.join(format!("{id}.{ext}"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match std::fs::metadata(&path) {
+                    Ok(m) => return m.ino(),
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        panic!("{}: {e}\n{}", path.display(), d.log())
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
         };
         (ino("log"), ino("idx"))
     };
