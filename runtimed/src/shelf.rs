@@ -47,6 +47,8 @@ pub const KEEP_BYTES: u64 = 64 << 20;
 pub const MAX_SMALL: usize = 16;
 
 const PREFIX: &str = ".recycled-";
+/// A large removed file waiting to be deleted off the event loop.
+const DOOMED: &str = ".deleting-";
 
 struct Shelved {
     data: PathBuf,
@@ -91,15 +93,20 @@ impl Shelf {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Deletes shelved files left by an earlier runtimed in `dir` (they
-    /// belong to no Run and are in no gauge). Returns how many.
+    /// Deletes shelved files (and files left to delete) of an earlier
+    /// runtimed in `dir` (they belong to no Run and are in no gauge).
+    /// Returns how many.
     pub fn clear_leftovers(dir: &Path) -> usize {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
         };
         entries
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(PREFIX))
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(PREFIX) || name.starts_with(DOOMED)
+            })
             .filter(|e| std::fs::remove_file(e.path()).is_ok())
             .count()
     }
@@ -145,14 +152,14 @@ impl Shelf {
     }
 
     /// Deletes a removed log's files that do not go on the shelf. A large
-    /// data file is first renamed to a shelf name (so a new log of the same
-    /// Run id is never hit) and deleted off the event loop: freeing its
-    /// cached pages takes ~63 ms per GiB here.
+    /// data file is first renamed to `.deleting-N.log` (so a new log of the
+    /// same Run id is never hit) and deleted off the event loop: freeing
+    /// its cached pages takes ~63 ms per GiB here.
     pub fn delete(&self, data: &Path, idx: &Path, size: u64) {
         let _ = std::fs::remove_file(idx);
         if size >= LARGE_BYTES {
             let n = self.names.fetch_add(1, Ordering::Relaxed);
-            let doomed = data.with_file_name(format!("{PREFIX}{n}.log"));
+            let doomed = data.with_file_name(format!("{DOOMED}{n}.log"));
             if std::fs::rename(data, &doomed).is_ok() {
                 off_the_loop(move || {
                     let _ = std::fs::remove_file(doomed);
@@ -393,8 +400,21 @@ mod tests {
         shelf.delete(&data, &idx, LARGE_BYTES);
         assert!(!data.exists() && !idx.exists());
         std::fs::write(&data, b"the next log of r").unwrap();
+        assert!(shelved(dir.path()).is_empty(), "not on the shelf");
+        let doomed = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(DOOMED)
+                })
+                .count()
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !shelved(dir.path()).is_empty() {
+        while doomed() > 0 {
             assert!(std::time::Instant::now() < deadline, "never deleted");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -427,7 +447,8 @@ mod tests {
         let (data, idx) = pair(dir.path(), "r", 10);
         assert!(shelf.put(&data, &idx, 10));
         let (run_log, run_idx) = pair(dir.path(), "other", 10);
-        assert_eq!(Shelf::clear_leftovers(dir.path()), 2);
+        std::fs::write(dir.path().join(format!("{DOOMED}7.log")), b"x").unwrap();
+        assert_eq!(Shelf::clear_leftovers(dir.path()), 3);
         assert!(run_log.exists() && run_idx.exists());
         assert_eq!(Shelf::clear_leftovers(dir.path()), 0);
     }
