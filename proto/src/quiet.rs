@@ -11,6 +11,13 @@
 //! asks to hear about room to write only after a write found none, through a
 //! second registration (on a duplicate of the descriptor) that is dropped as
 //! soon as a write goes through again.
+//!
+//! Small writes are also held until a flush that has waited two scheduler
+//! rounds: h2 flushes each frame as the task that made it runs, so a Start
+//! (HEADERS, then DATA, then the end of the stream from hyper's body task)
+//! went out in three writes, each waking the bash server (whose short
+//! scheduler slice lets it preempt runtimed for each), and an exit's DATA
+//! and trailers in two. Held for two rounds, they go out in one write.
 use std::io::{self, IoSlice, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -26,7 +33,18 @@ pub struct QuietUnixStream {
     stream: AsyncFd<UnixStream>,
     /// Registered for writability while a write waits for room.
     congested: Option<AsyncFd<OwnedFd>>,
+    /// Bytes written but not sent yet (at most [`MAX_HELD`]).
+    held: Vec<u8>,
+    /// Scheduler rounds a flush of `held` has waited so far.
+    waited: u8,
 }
+
+/// Most bytes held back; larger writes go out at once (after what is held).
+const MAX_HELD: usize = 64 << 10;
+/// Rounds a flush waits: hyper's body task sends a request's DATA one
+/// round after its HEADERS and the end of the stream one more round later
+/// (it waits for h2 to grant it send capacity again).
+const ROUNDS: u8 = 2;
 
 impl QuietUnixStream {
     /// Takes over a connected stream (its tokio registration is replaced).
@@ -37,7 +55,24 @@ impl QuietUnixStream {
         Ok(QuietUnixStream {
             stream: register(stream, Interest::READABLE)?,
             congested: None,
+            held: Vec::new(),
+            waited: 0,
         })
+    }
+
+    /// Sends what is held, waiting for room as needed.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            let sent = self.poll_write_with(cx, |mut s| s.write(&held));
+            self.held = held;
+            match ready!(sent)? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => drop(self.held.drain(..n)),
+            }
+        }
+        self.waited = 0;
+        Poll::Ready(Ok(()))
     }
 
     /// Runs a non-blocking write until it goes through or there is no room,
@@ -121,7 +156,13 @@ impl AsyncWrite for QuietUnixStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |mut s| s.write(buf))
+        let this = self.get_mut();
+        if this.held.len() + buf.len() <= MAX_HELD {
+            this.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        ready!(this.poll_send_held(cx))?;
+        this.poll_write_with(cx, |mut s| s.write(buf))
     }
 
     fn poll_write_vectored(
@@ -129,20 +170,47 @@ impl AsyncWrite for QuietUnixStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, |mut s| s.write_vectored(bufs))
+        let this = self.get_mut();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.held.len() + len <= MAX_HELD {
+            bufs.iter().for_each(|b| this.held.extend_from_slice(b));
+            return Poll::Ready(Ok(len));
+        }
+        ready!(this.poll_send_held(cx))?;
+        this.poll_write_with(cx, |mut s| s.write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
         true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.held.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if this.waited < ROUNDS {
+            // A round for the tasks already woken to add their frames.
+            this.waited += 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.poll_send_held(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.stream.get_ref().shutdown(Shutdown::Write))
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_held(cx))?;
+        Poll::Ready(this.stream.get_ref().shutdown(Shutdown::Write))
+    }
+}
+
+impl Drop for QuietUnixStream {
+    /// Best effort for bytes written and never flushed (h2 always flushes).
+    fn drop(&mut self) {
+        if !self.held.is_empty() {
+            let _ = self.stream.get_ref().write(&self.held);
+        }
     }
 }
 
@@ -187,7 +255,44 @@ mod tests {
         let bufs = [IoSlice::new(b"one "), IoSlice::new(b"reply")];
         let n = b.write_vectored(&bufs).await.unwrap();
         assert_eq!(n, 9);
+        b.flush().await.unwrap();
         drop(b);
         assert_eq!(writer.await.unwrap(), b"one reply");
+    }
+
+    /// Small writes wait for a flush, which sends them together two
+    /// scheduler rounds later.
+    #[tokio::test]
+    async fn small_writes_go_out_together_at_the_flush() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let mut a = QuietUnixStream::new(a).unwrap();
+        a.write_all(b"HEADERS ").await.unwrap();
+        a.write_all(b"DATA ").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            b.try_read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "nothing sent before the flush"
+        );
+        a.write_all(b"END").await.unwrap();
+        a.flush().await.unwrap();
+        b.readable().await.unwrap();
+        let n = b.try_read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"HEADERS DATA END", "one write");
+        // A write larger than what is held goes out at once, after it.
+        a.write_all(b"small ").await.unwrap();
+        let big = vec![b'z'; MAX_HELD + 1];
+        a.write_all(&big).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 6 + big.len() {
+            b.readable().await.unwrap();
+            match b.try_read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(&got[..6], b"small ");
+        assert!(got[6..] == big[..]);
     }
 }
