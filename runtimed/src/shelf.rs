@@ -64,6 +64,17 @@ impl Shelved {
     fn large(&self) -> bool {
         self.size >= LARGE_BYTES
     }
+
+    /// Deletes the shelved files (one already gone is fine).
+    fn delete(&self) {
+        for path in std::iter::once(&self.data).chain(&self.idx) {
+            if let Err(e) = std::fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete a recycled spool file");
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -151,25 +162,6 @@ impl Shelf {
         true
     }
 
-    /// Deletes a removed log's files that do not go on the shelf. A large
-    /// data file is first renamed to `.deleting-N.log` (so a new log of the
-    /// same Run id is never hit) and deleted off the event loop: freeing
-    /// its cached pages takes ~63 ms per GiB here.
-    pub fn delete(&self, data: &Path, idx: &Path, size: u64) {
-        let _ = std::fs::remove_file(idx);
-        if size >= LARGE_BYTES {
-            let n = self.names.fetch_add(1, Ordering::Relaxed);
-            let doomed = data.with_file_name(format!("{DOOMED}{n}.log"));
-            if std::fs::rename(data, &doomed).is_ok() {
-                off_the_loop(move || {
-                    let _ = std::fs::remove_file(doomed);
-                });
-                return;
-            }
-        }
-        let _ = std::fs::remove_file(data);
-    }
-
     /// Cuts a shelved data file of `size` bytes to [`KEEP_BYTES`] and makes
     /// it available (or deletes it if it cannot be cut).
     fn cut(&self, data: &Path, size: u64) {
@@ -186,10 +178,7 @@ impl Shelf {
             }
             Err(e) => {
                 tracing::warn!(path = %data.display(), error = %e, "cannot cut a recycled spool file; deleted");
-                let f = files.remove(at);
-                for path in std::iter::once(&f.data).chain(&f.idx) {
-                    let _ = std::fs::remove_file(path);
-                }
+                files.remove(at).delete();
                 self.usage.fetch_sub(size, Ordering::Relaxed);
             }
         }
@@ -238,13 +227,7 @@ impl Shelf {
                 break;
             };
             let f = files.remove(at);
-            for path in std::iter::once(&f.data).chain(&f.idx) {
-                if let Err(e) = std::fs::remove_file(path)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot delete a recycled spool file");
-                }
-            }
+            f.delete();
             freed += f.size;
         }
         self.usage.fetch_sub(freed, Ordering::Relaxed);
@@ -256,6 +239,26 @@ impl Shelf {
     pub(crate) fn bytes(&self) -> u64 {
         self.lock().iter().map(|f| f.size).sum()
     }
+}
+
+/// Deletes a removed log's files that do not go on a shelf. A large data
+/// file is first renamed to `.deleting-N.log` (so a new log of the same Run
+/// id is never hit) and deleted off the event loop: freeing its cached
+/// pages takes ~63 ms per GiB here.
+pub fn delete(data: &Path, idx: &Path, size: u64) {
+    static DOOMED_NAMES: AtomicU64 = AtomicU64::new(0);
+    let _ = std::fs::remove_file(idx);
+    if size >= LARGE_BYTES {
+        let n = DOOMED_NAMES.fetch_add(1, Ordering::Relaxed);
+        let doomed = data.with_file_name(format!("{DOOMED}{n}.log"));
+        if std::fs::rename(data, &doomed).is_ok() {
+            off_the_loop(move || {
+                let _ = std::fs::remove_file(doomed);
+            });
+            return;
+        }
+    }
+    let _ = std::fs::remove_file(data);
 }
 
 /// Runs `f` on tokio's blocking pool when there is a runtime (freeing a
@@ -395,9 +398,8 @@ mod tests {
     #[tokio::test]
     async fn a_large_file_is_deleted_off_the_loop_under_another_name() {
         let dir = tempfile::tempdir().unwrap();
-        let shelf = Shelf::default();
         let (data, idx) = pair(dir.path(), "r", LARGE_BYTES);
-        shelf.delete(&data, &idx, LARGE_BYTES);
+        delete(&data, &idx, LARGE_BYTES);
         assert!(!data.exists() && !idx.exists());
         std::fs::write(&data, b"the next log of r").unwrap();
         assert!(shelved(dir.path()).is_empty(), "not on the shelf");
@@ -420,7 +422,7 @@ mod tests {
         }
         assert_eq!(std::fs::read(&data).unwrap(), b"the next log of r");
         let (small, small_idx) = pair(dir.path(), "s", 10);
-        shelf.delete(&small, &small_idx, 10);
+        delete(&small, &small_idx, 10);
         assert!(!small.exists() && !small_idx.exists());
     }
 

@@ -943,13 +943,7 @@ impl Spool {
                     .as_ref()
                     .is_some_and(|s| s.put(&self.data_path, &self.idx_path, size));
             if !shelved {
-                match &self.shelf {
-                    Some(shelf) => shelf.delete(&self.data_path, &self.idx_path, size),
-                    None => {
-                        let _ = std::fs::remove_file(&self.data_path);
-                        let _ = std::fs::remove_file(&self.idx_path);
-                    }
-                }
+                crate::shelf::delete(&self.data_path, &self.idx_path, size);
             }
         }
         if !shelved {
