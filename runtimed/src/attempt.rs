@@ -16,7 +16,7 @@ use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1 as rpb;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
@@ -24,19 +24,24 @@ use tonic::Code;
 /// it cannot reach (external servers; supervised ones are known dead at once).
 const REATTACH_PATIENCE: Duration = Duration::from_secs(60);
 
-/// How long a finished Run's workspace cleanup waits (off the path of the
-/// result to the client).
-const TIDY_DELAY: Duration = Duration::from_millis(1);
+/// Longest a finished Run's bookkeeping waits for a quiet moment (see
+/// `Attempt::drive`).
+const TIDY_PATIENCE: Duration = Duration::from_millis(5);
 
 /// How long the rest of an execution's stream (the server's trailers) is
 /// waited for after its exit.
 const TRAILERS_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Reads what is left of a Start or Attach stream after the exit (the
-/// server's trailers, which may follow in a write of their own) on a task of
-/// its own, instead of dropping the stream: a dropped stream is reset
-/// (RST_STREAM CANCEL), and the server handles its call as cancelled.
+/// server's trailers, which may follow in a write of their own) instead of
+/// dropping the stream: a dropped stream is reset (RST_STREAM CANCEL), and
+/// the server handles its call as cancelled. Usually the trailers came with
+/// the Exit and are read here; else a task of its own waits for them.
 fn read_to_end(mut stream: Events) {
+    use futures::FutureExt;
+    if let Some(Ok(None) | Err(_)) = stream.message().now_or_never() {
+        return;
+    }
     tokio::spawn(async move {
         let rest = async { while let Ok(Some(_)) = stream.message().await {} };
         let _ = tokio::time::timeout(TRAILERS_PATIENCE, rest).await;
@@ -61,6 +66,9 @@ pub struct Attempt {
     /// The Start stream after `started`; `None` to Attach right away (a Run
     /// recovered after a restart).
     pub events: Option<Events>,
+    /// Notified when another Run's process has started: runtimed then waits
+    /// for its exit, a quiet moment for bookkeeping.
+    pub quiet: Arc<Notify>,
 }
 
 /// The drains of handed-off streams (stdout, stderr). Dropping this drops
@@ -156,10 +164,19 @@ impl Attempt {
         self.run.finish(o);
         // A waiter that saw the Run finish may start the next one at once.
         drop(self.permit.take());
-        // Bookkeeping after the waiters have sent the result: until the
-        // record is saved a restarted runtimed re-attaches and finishes the
-        // Run again (the server keeps the execution until the Forget below).
+        // Bookkeeping waits for a quiet moment: until a next Run's process
+        // has started (its Start and events are out, and runtimed waits for
+        // its exit), or for a while. On a timer alone it landed on a next
+        // Run's path: a trivial Run's result came 0.1-0.2 ms later. Until
+        // the record is saved a restarted runtimed re-attaches and finishes
+        // the Run again (the server keeps the execution until the Forget
+        // below), so nothing is lost meanwhile. The yield first: arming the
+        // timer wakes the event loop (an eventfd write), after the result.
         tokio::task::yield_now().await;
+        tokio::select! {
+            _ = self.quiet.notified() => {}
+            _ = tokio::time::sleep(TIDY_PATIENCE) => {}
+        }
         // A short Run's output was held in memory (see `spool`): on disk
         // before the record says finished, while the server still keeps it.
         if let Err(e) = self.run.spool.persist() {
@@ -167,11 +184,16 @@ impl Attempt {
             self.run.spool.evict();
         }
         self.run.save();
-        // The rest waits until runtimed has been idle for a moment, so the
-        // client just woken (often on this CPU) reads the result first.
-        tokio::time::sleep(TIDY_DELAY).await;
         self.workspace.cleanup(&id);
-        tracing::info!(phase = phase.as_str(), %message, "run finished");
+        // The next self-named Run's directories, while runtimed is idle.
+        self.workspace.prename();
+        let state = self.run.state();
+        let ms = match (state.started_at, state.finished_at) {
+            (Some(s), Some(f)) => f.duration_since(s).unwrap_or_default().as_millis() as u64,
+            _ => 0,
+        };
+        // One line per Run, at its end: `run started` is a debug line.
+        tracing::info!(pid = state.pid, ms, phase = phase.as_str(), %message, "run finished");
         // The server drops the execution's buffers (in a batch, see `forgets`).
         self.server.forgets().push(self.generation, id);
     }

@@ -155,12 +155,21 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         spool_budget: cfg.spool_budget_bytes,
         max_finished_runs: cfg.max_finished_runs as usize,
         grace_period_ms: cfg.grace_period_ms,
+        quiet: Default::default(),
     });
     let leftovers = crate::shelf::Shelf::clear_leftovers(&cfg.spool_dir());
     if leftovers > 0 {
         tracing::info!(
             files = leftovers,
             "deleted recycled spool files left by an earlier runtimed"
+        );
+    }
+    let known: std::collections::HashSet<&str> = saved.iter().map(|r| r.id.as_str()).collect();
+    let unclaimed = state.workspace.remove_unclaimed(|id| known.contains(id));
+    if unclaimed > 0 {
+        tracing::info!(
+            runs = unclaimed,
+            "removed the empty workspace directories of runs that were never started"
         );
     }
     crate::recovery::recover(&state, &cfg, saved);

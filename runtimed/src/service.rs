@@ -7,6 +7,7 @@ use crate::run::{Outcome, Run, RunSpec};
 use crate::runtime_server::RuntimeServer;
 use crate::spool::{Spool, StreamKind};
 use crate::validate;
+use crate::workspace::Workspace;
 use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1 as rpb;
 use kruntimes_proto::runtimed::v1 as pb;
@@ -39,6 +40,8 @@ pub struct State {
     pub max_finished_runs: usize,
     pub artifacts: Arc<crate::collect::Artifacts>,
     pub grace_period_ms: u64,
+    /// See `Attempt::quiet`.
+    pub quiet: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Clone)]
@@ -105,12 +108,9 @@ impl State {
 
     /// Validates, admits and starts a Run; returns it once its process exists.
     pub async fn start(&self, req: &pb::ExecuteRequest) -> Result<Arc<Run>> {
-        let id = if req.run_id.is_empty() {
-            uuid::Uuid::new_v4().to_string()
-        } else {
+        if !req.run_id.is_empty() {
             validate::run_id("run_id", &req.run_id)?;
-            req.run_id.clone()
-        };
+        }
         let env_bytes = validate::env(&req.env)?;
         let program = program(req, env_bytes)?;
         validate::relative_path("working_dir", &req.working_dir)?;
@@ -122,9 +122,9 @@ impl State {
                 reason: health.reason,
             });
         }
-        if let Some(phase) = self.runs.contains(&id) {
+        if let Some(phase) = self.runs.contains(&req.run_id) {
             return Err(Error::RunExists {
-                id,
+                id: req.run_id.clone(),
                 phase: phase.as_str().into(),
             });
         }
@@ -135,6 +135,14 @@ impl State {
             .map_err(|_| Error::TooManyRuns {
                 limit: self.max_runs as usize,
             })?;
+        // Named only once nothing above can refuse the Run: a pre-named id
+        // is not used up by a refused one.
+        let new = if req.run_id.is_empty() {
+            self.workspace.next_id()
+        } else {
+            Workspace::given_id(req.run_id.clone())
+        };
+        let id = new.id.clone();
         let spool = Spool::create(&self.spool_dir, &id, self.log_cap, self.runs.spool_usage())
             .with_shelf(self.runs.shelf());
         let spec = RunSpec {
@@ -151,7 +159,7 @@ impl State {
         ));
         self.runs.insert(run.clone())?;
         let mut env = req.env.clone();
-        match self.workspace.prepare(&id, &health.workspace_root) {
+        match self.workspace.prepare(&new, &health.workspace_root) {
             // Ours last: a Run cannot point runtimed at another file.
             Ok(vars) => env.extend(vars),
             Err(e) => {
@@ -212,8 +220,10 @@ impl State {
                 // Logged and saved once the caller has its answer: the yield
                 // lets the connection send it first.
                 tokio::task::yield_now().await;
-                tracing::info!(pid, "run started");
+                tracing::debug!(pid, "run started");
                 attempt.run.save();
+                // Finished Runs' bookkeeping runs now, beside this process.
+                attempt.quiet.notify_waiters();
                 attempt.drive().await
             }
             .instrument(span),
@@ -240,6 +250,7 @@ impl State {
             artifacts: self.artifacts.clone(),
             permit,
             events: None,
+            quiet: self.quiet.clone(),
             on_finish: Arc::new(move || {
                 runs.enforce_retention(max_finished);
                 runs.enforce_spool_budget(budget);

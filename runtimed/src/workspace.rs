@@ -10,6 +10,11 @@
 //! minute). A working directory is only ever handed back to the server as a
 //! working directory, and only if it has runtimed's owner: a server running
 //! as another user keeps making its own.
+//! The next Run that runtimed names itself (no `run_id` given) has its
+//! directories renamed into place ahead, between Runs (`prename`), so its
+//! Start waits for no rename at all. A pair named for a Run that never came
+//! (runtimed stopped first) is removed at the next start
+//! (`remove_unclaimed`).
 //! Run ids never start with '.', so they cannot collide.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -47,6 +52,17 @@ struct Spares {
     next: u64,
     /// Mode and owner a reusable directory must have: those of a fresh one.
     fresh: Option<(u32, u32)>,
+    /// The id whose directories are in place for the next Run runtimed
+    /// names itself (see `next_id`).
+    prenamed: Option<String>,
+    /// Set while `prename` renames, so two cannot both do it.
+    prenaming: bool,
+}
+
+/// A new Run's id, and whether its directories are already in place.
+pub struct NewId {
+    pub id: String,
+    placed: bool,
 }
 
 impl Workspace {
@@ -99,12 +115,84 @@ impl Workspace {
         self.root.join(".kruntimes").join("scratch").join(id)
     }
 
-    /// Creates the Run's artifacts directory and returns the env vars that
-    /// name its files, as the Runtime Server (whose workspace root may be
-    /// mounted elsewhere) sees them.
-    pub fn prepare(&self, id: &str, server_root: &str) -> std::io::Result<Vec<(String, String)>> {
+    /// An id for a Run that comes without one: the pre-named one when there
+    /// is one (its directories are in place), else a fresh one.
+    pub fn next_id(&self) -> NewId {
+        match self.lock().prenamed.take() {
+            Some(id) => NewId { id, placed: true },
+            None => NewId {
+                id: uuid::Uuid::new_v4().to_string(),
+                placed: false,
+            },
+        }
+    }
+
+    /// An id the client chose: its directories are made by `prepare`.
+    pub fn given_id(id: String) -> NewId {
+        NewId { id, placed: false }
+    }
+
+    /// Off a Run's path: names the next self-named Run and renames spare
+    /// directories into place for it (see the module doc). Nothing when
+    /// that is done already or there is no spare artifacts directory.
+    pub fn prename(&self) {
+        {
+            let mut s = self.lock();
+            if s.prenamed.is_some() || s.prenaming || s.ready[Kind::Artifacts as usize].is_empty() {
+                return;
+            }
+            s.prenaming = true;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let placed = self.take_spare(Kind::Artifacts, &self.artifacts_dir(&id));
+        if placed {
+            // Without it the server makes the working directory, as when no
+            // spare is left.
+            self.take_spare(Kind::WorkingDir, &self.root.join(&id));
+        }
+        let mut s = self.lock();
+        s.prenaming = false;
+        if placed {
+            s.prenamed = Some(id);
+        }
+    }
+
+    /// At start-up, before any Run: removes the empty directories of Runs
+    /// that have no record (`known` says which have one). Only runtimed
+    /// makes directories in the artifacts directory, and only `rmdir` is
+    /// used, so nothing with content is ever touched. Returns how many
+    /// Runs' directories were removed.
+    pub fn remove_unclaimed(&self, known: impl Fn(&str) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.root.join(".kruntimes").join("artifacts")) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str() else { continue };
+            if known(id) || std::fs::remove_dir(entry.path()).is_err() {
+                continue;
+            }
+            // The working directory too, if empty (the server may never
+            // have been asked to use it).
+            let _ = std::fs::remove_dir(self.root.join(id));
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Creates the Run's artifacts directory (unless `id` came with its
+    /// directories in place) and returns the env vars that name its files,
+    /// as the Runtime Server (whose workspace root may be mounted
+    /// elsewhere) sees them.
+    pub fn prepare(
+        &self,
+        new: &NewId,
+        server_root: &str,
+    ) -> std::io::Result<Vec<(String, String)>> {
+        let id = new.id.as_str();
         let dir = self.artifacts_dir(id);
-        if !self.take_spare(Kind::Artifacts, &dir) {
+        if !new.placed && !self.take_spare(Kind::Artifacts, &dir) {
             match std::fs::create_dir(&dir) {
                 // First Run, or someone removed the parents: create them once.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -118,7 +206,9 @@ impl Workspace {
         }
         // Last, once nothing above can fail (a failed prepare cleans nothing
         // up). The server makes the directory when there is no spare.
-        self.take_spare(Kind::WorkingDir, &self.root.join(id));
+        if !new.placed {
+            self.take_spare(Kind::WorkingDir, &self.root.join(id));
+        }
         let theirs = if server_root.is_empty() {
             self.root.clone()
         } else {
@@ -234,6 +324,10 @@ impl Workspace {
 mod tests {
     use super::*;
 
+    fn given(id: &str) -> NewId {
+        Workspace::given_id(id.to_string())
+    }
+
     fn ino(p: &Path) -> u64 {
         std::fs::symlink_metadata(p).unwrap().ino()
     }
@@ -243,12 +337,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let ws = Workspace::new(tmp.path().join("ws"));
         let spares = || std::fs::read_dir(ws.spare_dir()).unwrap().count();
-        ws.prepare("a", "").unwrap();
+        ws.prepare(&given("a"), "").unwrap();
         let first = ino(&ws.artifacts_dir("a"));
         ws.cleanup("a");
         assert!(!ws.artifacts_dir("a").exists());
         assert_eq!(spares(), 1);
-        ws.prepare("b", "").unwrap();
+        ws.prepare(&given("b"), "").unwrap();
         assert_eq!(spares(), 0);
         assert_eq!(ino(&ws.artifacts_dir("b")), first, "the spare was reused");
 
@@ -256,7 +350,7 @@ mod tests {
         std::fs::write(ws.artifacts_dir("b").join("left"), b"x").unwrap();
         ws.cleanup("b");
         assert_eq!(spares(), 0);
-        ws.prepare("c", "").unwrap();
+        ws.prepare(&given("c"), "").unwrap();
         assert!(
             std::fs::read_dir(ws.artifacts_dir("c"))
                 .unwrap()
@@ -272,7 +366,7 @@ mod tests {
         .unwrap();
         ws.cleanup("c");
         assert_eq!(spares(), 0);
-        ws.prepare("d", "").unwrap();
+        ws.prepare(&given("d"), "").unwrap();
         let mode = std::fs::metadata(ws.artifacts_dir("d"))
             .unwrap()
             .permissions()
@@ -286,7 +380,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, ws.artifacts_dir("d")).unwrap();
         ws.cleanup("d");
         assert_eq!(spares(), 0);
-        ws.prepare("e", "").unwrap();
+        ws.prepare(&given("e"), "").unwrap();
         let e = std::fs::symlink_metadata(ws.artifacts_dir("e")).unwrap();
         assert!(e.is_dir() && !e.file_type().is_symlink());
         assert!(outside.is_dir());
@@ -298,14 +392,14 @@ mod tests {
         let ws = Workspace::new(tmp.path().join("ws"));
         let spares = || std::fs::read_dir(ws.spare_dir()).unwrap().count();
         let working = |id: &str| ws.root.join(id);
-        ws.prepare("a", "").unwrap();
+        ws.prepare(&given("a"), "").unwrap();
         assert!(!working("a").exists(), "no spare yet: the server makes it");
         std::fs::create_dir(working("a")).unwrap(); // as the server does
         let first = ino(&working("a"));
         std::fs::remove_dir(ws.artifacts_dir("a")).unwrap();
         ws.cleanup("a");
         assert_eq!(spares(), 1, "the working directory was kept");
-        ws.prepare("b", "").unwrap();
+        ws.prepare(&given("b"), "").unwrap();
         assert_eq!(spares(), 0);
         assert_eq!(ino(&working("b")), first, "reused as a working directory");
         assert_ne!(ino(&ws.artifacts_dir("b")), first);
@@ -314,7 +408,7 @@ mod tests {
         ws.cleanup("b");
         assert_eq!(spares(), 2);
         std::os::unix::fs::symlink(tmp.path(), working("c")).unwrap();
-        ws.prepare("c", "").unwrap();
+        ws.prepare(&given("c"), "").unwrap();
         assert!(
             std::fs::symlink_metadata(working("c"))
                 .unwrap()
@@ -323,7 +417,7 @@ mod tests {
         );
         assert_eq!(spares(), 1, "only the artifacts spare was used");
         std::fs::remove_file(working("c")).unwrap();
-        ws.prepare("d", "").unwrap();
+        ws.prepare(&given("d"), "").unwrap();
         assert!(std::fs::symlink_metadata(working("d")).unwrap().is_dir());
         assert_eq!(spares(), 0);
     }
@@ -333,13 +427,82 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("ws");
         let ws = Workspace::new(root.clone());
-        ws.prepare("a", "").unwrap();
+        ws.prepare(&given("a"), "").unwrap();
         std::fs::write(ws.spare_dir().join("stale"), b"x").unwrap();
         ws.cleanup("a");
         drop(ws);
         let ws = Workspace::new(root);
         assert!(std::fs::read_dir(ws.spare_dir()).unwrap().next().is_none());
-        ws.prepare("b", "").unwrap();
+        ws.prepare(&given("b"), "").unwrap();
         assert!(ws.artifacts_dir("b").is_dir());
+    }
+
+    #[test]
+    fn the_next_self_named_run_finds_its_directories_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(tmp.path().join("ws"));
+        ws.prename();
+        assert!(
+            ws.lock().prenamed.is_none(),
+            "no spare yet: nothing to rename"
+        );
+        let first = ws.next_id();
+        assert!(!first.placed);
+        ws.prepare(&first, "").unwrap();
+        std::fs::create_dir(ws.root.join(&first.id)).unwrap(); // as the server does
+        let (artifacts, working) = (
+            ino(&ws.artifacts_dir(&first.id)),
+            ino(&ws.root.join(&first.id)),
+        );
+        ws.cleanup(&first.id);
+
+        ws.prename();
+        let next = ws.next_id();
+        assert!(next.placed);
+        assert_ne!(next.id, first.id);
+        // In place before prepare, which renames nothing more.
+        assert_eq!(ino(&ws.artifacts_dir(&next.id)), artifacts);
+        assert_eq!(ino(&ws.root.join(&next.id)), working);
+        assert_eq!(std::fs::read_dir(ws.spare_dir()).unwrap().count(), 0);
+        let vars = ws.prepare(&next, "").unwrap();
+        assert!(vars.contains(&(RUN_ID_ENV.to_string(), next.id.clone())));
+        assert_eq!(ino(&ws.artifacts_dir(&next.id)), artifacts);
+        // Handed out once: the Run after it gets a fresh id.
+        let after = ws.next_id();
+        assert!(!after.placed);
+        assert_ne!(after.id, next.id);
+        // A given id never takes the pre-named directories.
+        ws.cleanup(&next.id);
+        ws.prename();
+        let given_run = given("mine");
+        ws.prepare(&given_run, "").unwrap();
+        let pending = ws.lock().prenamed.clone().unwrap();
+        assert!(ws.artifacts_dir(&pending).is_dir());
+        assert!(ws.artifacts_dir("mine").is_dir());
+    }
+
+    #[test]
+    fn directories_of_runs_without_a_record_are_removed_if_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("ws");
+        let ws = Workspace::new(root.clone());
+        for id in ["known", "unclaimed", "kept-files"] {
+            ws.prepare(&given(id), "").unwrap();
+            std::fs::create_dir(ws.root.join(id)).unwrap();
+        }
+        std::fs::write(ws.artifacts_dir("kept-files").join("a"), b"x").unwrap();
+        // A user's own empty directory in the workspace root, without an
+        // artifacts directory: never runtimed's to remove.
+        std::fs::create_dir(ws.root.join("users")).unwrap();
+        drop(ws);
+
+        let ws = Workspace::new(root);
+        assert_eq!(ws.remove_unclaimed(|id| id == "known"), 1);
+        assert!(!ws.artifacts_dir("unclaimed").exists());
+        assert!(!ws.root.join("unclaimed").exists());
+        assert!(ws.artifacts_dir("known").is_dir() && ws.root.join("known").is_dir());
+        assert!(ws.artifacts_dir("kept-files").join("a").is_file());
+        assert!(ws.root.join("kept-files").is_dir());
+        assert!(ws.root.join("users").is_dir());
     }
 }

@@ -117,6 +117,64 @@ async fn artifacts_are_collected_listed_and_downloaded() {
     assert_eq!(run2.artifacts[1].digest, run.artifacts[1].digest);
 }
 
+/// A Run that comes without an id gets the one whose directories runtimed
+/// renamed into place between Runs: it runs there like any other Run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_named_run_runs_in_directories_put_in_place_ahead() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let first = execute(&mut c, sh("true")).await.run.unwrap();
+    assert_eq!(
+        first.phase,
+        pb::Phase::Succeeded as i32,
+        "{}",
+        first.message
+    );
+    // Its directories go back to the spares, and a pair is renamed into
+    // place for the next self-named Run: wait for that.
+    let workspace = d.dir.path().join("workspace");
+    let artifacts = workspace.join(".kruntimes/artifacts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let prenamed = loop {
+        let names: Vec<String> = std::fs::read_dir(&artifacts)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        if let [one] = &names[..]
+            && one != &first.run_id
+        {
+            break one.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{names:?}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(workspace.join(&prenamed).is_dir(), "{}", d.log());
+
+    let got = execute(
+        &mut c,
+        sh(r#"pwd; ls -A; echo "$KRUNTIMES_RUN_ID"; echo hi > "$KRUNTIMES_ARTIFACTS/x""#),
+    )
+    .await;
+    let run = got.run.unwrap();
+    assert_eq!(run.phase, pb::Phase::Succeeded as i32, "{}", run.message);
+    assert_eq!(run.run_id, prenamed);
+    let want = format!("{}\n{prenamed}\n", workspace.join(&prenamed).display());
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        want,
+        "an empty working directory"
+    );
+    let names: Vec<_> = run.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["x"]);
+    let (_, data) = download(&mut c, &run.run_id, "x", 0).await.unwrap();
+    assert_eq!(data, b"hi\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_runs_and_bad_trees() {
     let d = Daemon::start(&["--max-artifact-bytes", "100000"]).await;

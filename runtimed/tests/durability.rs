@@ -236,5 +236,16 @@ async fn sigkill_with_output_held_in_memory_loses_nothing() {
             .len(),
         16
     );
-    assert!(d.dir.path().join("spool").join("held.log").exists());
+    // Written once runtimed has a quiet moment after the result (at most a
+    // few ms with no other Run): wait for it.
+    let held = d.dir.path().join("spool").join("held.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !held.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the held output was never written to the spool\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
