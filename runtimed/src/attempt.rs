@@ -11,22 +11,19 @@ use crate::run::{Outcome, Phase, Run};
 use crate::runtime_server::RuntimeServer;
 use crate::spool::StreamKind;
 use crate::supervisor::signal_name;
+use crate::tidy::Tidy;
 use crate::workspace::Workspace;
 use kruntimes_proto::events::Events;
 use kruntimes_proto::runtime::v1 as rpb;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
 /// How long runtimed keeps trying to re-attach to an execution whose server
 /// it cannot reach (external servers; supervised ones are known dead at once).
 const REATTACH_PATIENCE: Duration = Duration::from_secs(60);
-
-/// Longest a finished Run's bookkeeping waits for a quiet moment (see
-/// `Attempt::drive`).
-const TIDY_PATIENCE: Duration = Duration::from_millis(5);
 
 /// How long the rest of an execution's stream (the server's trailers) is
 /// waited for after its exit.
@@ -66,9 +63,8 @@ pub struct Attempt {
     /// The Start stream after `started`; `None` to Attach right away (a Run
     /// recovered after a restart).
     pub events: Option<Events>,
-    /// Notified when another Run's process has started: runtimed then waits
-    /// for its exit, a quiet moment for bookkeeping.
-    pub quiet: Arc<Notify>,
+    /// When the finished Run's bookkeeping runs (see `tidy`).
+    pub tidy: Arc<Tidy>,
 }
 
 /// The drains of handed-off streams (stdout, stderr). Dropping this drops
@@ -164,19 +160,15 @@ impl Attempt {
         self.run.finish(o);
         // A waiter that saw the Run finish may start the next one at once.
         drop(self.permit.take());
-        // Bookkeeping waits for a quiet moment: until a next Run's process
-        // has started (its Start and events are out, and runtimed waits for
-        // its exit), or for a while. On a timer alone it landed on a next
-        // Run's path: a trivial Run's result came 0.1-0.2 ms later. Until
-        // the record is saved a restarted runtimed re-attaches and finishes
-        // the Run again (the server keeps the execution until the Forget
-        // below), so nothing is lost meanwhile. The yield first: arming the
+        // Bookkeeping waits for a quiet moment (see `tidy`). Until the
+        // record is saved a restarted runtimed re-attaches and finishes the
+        // Run again (the server keeps the execution until the Forget below),
+        // so nothing is lost meanwhile. The yield first: arming the wait's
         // timer wakes the event loop (an eventfd write), after the result.
+        let tidy = Arc::clone(&self.tidy);
+        let _pending = tidy.enter();
         tokio::task::yield_now().await;
-        tokio::select! {
-            _ = self.quiet.notified() => {}
-            _ = tokio::time::sleep(TIDY_PATIENCE) => {}
-        }
+        tidy.wait().await;
         // A short Run's output was held in memory (see `spool`): on disk
         // before the record says finished, while the server still keeps it.
         if let Err(e) = self.run.spool.persist() {

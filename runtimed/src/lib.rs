@@ -21,6 +21,7 @@ pub mod service;
 pub mod shelf;
 pub mod spool;
 pub mod supervisor;
+pub mod tidy;
 pub mod validate;
 pub mod workspace;
 

@@ -155,7 +155,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         spool_budget: cfg.spool_budget_bytes,
         max_finished_runs: cfg.max_finished_runs as usize,
         grace_period_ms: cfg.grace_period_ms,
-        quiet: Default::default(),
+        tidy: Default::default(),
     });
     let leftovers = crate::shelf::Shelf::clear_leftovers(&cfg.spool_dir());
     if leftovers > 0 {
@@ -268,6 +268,9 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             };
         }
     }
+    // Runs that finished just before: saved, cleaned up and queued to be
+    // forgotten before the servers go.
+    state.tidy.finish_all(FLUSH_PATIENCE).await;
     if !state.supervised {
         // External servers outlive runtimed: what it has not forgotten yet
         // they would keep until their own restart.

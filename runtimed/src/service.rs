@@ -40,8 +40,8 @@ pub struct State {
     pub max_finished_runs: usize,
     pub artifacts: Arc<crate::collect::Artifacts>,
     pub grace_period_ms: u64,
-    /// See `Attempt::quiet`.
-    pub quiet: Arc<tokio::sync::Notify>,
+    /// When finished Runs' bookkeeping runs.
+    pub tidy: Arc<crate::tidy::Tidy>,
 }
 
 #[derive(Clone)]
@@ -223,7 +223,7 @@ impl State {
                 tracing::debug!(pid, "run started");
                 attempt.run.save();
                 // Finished Runs' bookkeeping runs now, beside this process.
-                attempt.quiet.notify_waiters();
+                attempt.tidy.quiet();
                 attempt.drive().await
             }
             .instrument(span),
@@ -250,7 +250,7 @@ impl State {
             artifacts: self.artifacts.clone(),
             permit,
             events: None,
-            quiet: self.quiet.clone(),
+            tidy: self.tidy.clone(),
             on_finish: Arc::new(move || {
                 runs.enforce_retention(max_finished);
                 runs.enforce_spool_budget(budget);

@@ -197,6 +197,31 @@ async fn sigkill_mid_run(script: &str, kill_after: u64, handoff: bool, recycled:
     }
 }
 
+/// A Run that finished just before a clean shutdown is found finished after
+/// the restart: its bookkeeping, which waits for a quiet moment, runs at
+/// shutdown. (The servers stop with runtimed, so a Run left unsaved could
+/// not be re-attached: it would end failed, without its exit code.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_finished_just_before_a_shutdown_is_saved_finished() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let mut req = sh("echo done; exit 4");
+    req.run_id = "last".into();
+    let run = common::execute(&mut c, req).await.run.unwrap();
+    assert_eq!(run.exit_code, Some(4), "{run:?}");
+    drop(c);
+    let dir = d.stop();
+    let (d, mut c, r) = restart_and_wait(dir, "last").await;
+    assert_eq!(r.phase, pb::Phase::Failed as i32, "{r:?}\n{}", d.log());
+    assert_eq!(r.exit_code, Some(4), "{r:?}\n{}", d.log());
+    assert_eq!(r.message, "exited with code 4", "{}", d.log());
+    assert_eq!(
+        read_all(&mut c, "last", pb::Stream::Unspecified).await,
+        b"done\n"
+    );
+}
+
 /// A short Run's first output is held in memory, not yet in the spool
 /// files; a SIGKILL then loses nothing either: the restarted runtimed
 /// re-attaches from offset 0 and the Runtime Server replays it.

@@ -138,6 +138,17 @@ impl Daemon {
         self.child.id() as i32
     }
 
+    /// Stops runtimed with SIGTERM (a clean shutdown: it stops the Runtime
+    /// Servers it started) and hands back its data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        self.child.wait().expect("wait");
+        self.gone = true;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
     /// SIGKILLs runtimed (no clean-up of its own) and hands back its data
     /// directory. The Runtime Servers it started keep running.
     pub fn crash(mut self) -> tempfile::TempDir {
