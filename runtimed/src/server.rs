@@ -271,6 +271,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     // Runs that finished just before: saved, cleaned up and queued to be
     // forgotten before the servers go.
     state.tidy.finish_all(FLUSH_PATIENCE).await;
+    state.workspace.discard_prenamed();
     if !state.supervised {
         // External servers outlive runtimed: what it has not forgotten yet
         // they would keep until their own restart.

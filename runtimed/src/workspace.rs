@@ -12,9 +12,9 @@
 //! as another user keeps making its own.
 //! The next Run that runtimed names itself (no `run_id` given) has its
 //! directories renamed into place ahead, between Runs (`prename`), so its
-//! Start waits for no rename at all. A pair named for a Run that never came
-//! (runtimed stopped first) is removed at the next start
-//! (`remove_unclaimed`).
+//! Start waits for no rename at all. A pair nobody took is removed at
+//! shutdown (`discard_prenamed`), or at the next start if runtimed was
+//! killed (`remove_unclaimed`).
 //! Run ids never start with '.', so they cannot collide.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -154,6 +154,18 @@ impl Workspace {
         s.prenaming = false;
         if placed {
             s.prenamed = Some(id);
+        }
+    }
+
+    /// At shutdown: removes the pre-named directories nobody took.
+    pub fn discard_prenamed(&self) {
+        let Some(id) = self.lock().prenamed.take() else {
+            return;
+        };
+        for dir in [self.artifacts_dir(&id), self.root.join(&id)] {
+            // Empty unless something wrote into them since; then the next
+            // start leaves them too (see `remove_unclaimed`).
+            let _ = std::fs::remove_dir(dir);
         }
     }
 
@@ -479,6 +491,11 @@ mod tests {
         let pending = ws.lock().prenamed.clone().unwrap();
         assert!(ws.artifacts_dir(&pending).is_dir());
         assert!(ws.artifacts_dir("mine").is_dir());
+        // Shutdown: the pair nobody took goes.
+        ws.discard_prenamed();
+        assert!(!ws.artifacts_dir(&pending).exists());
+        assert!(!ws.root.join(&pending).exists());
+        assert!(!ws.next_id().placed);
     }
 
     #[test]
