@@ -30,6 +30,7 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        crate::children::release(self.0.id());
     }
 }
 
@@ -76,6 +77,7 @@ async fn launch(exe: &Path, role: &'static str, socket: &Path) -> Result<(Killed
         .spawn()
         .map_err(|e| BenchError::io(format!("starting {} {role}", exe.display()), e))?;
     let stdout = child.stdout.take();
+    crate::children::adopt(child.id());
     let child = Killed(child);
     let Some(stdout) = stdout else {
         return Err(BenchError::Unexpected(format!("{role}: no stdout")));

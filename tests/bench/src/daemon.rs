@@ -92,6 +92,8 @@ impl Daemon {
         let child = cmd
             .spawn()
             .map_err(|e| BenchError::io(format!("starting {}", o.runtimed.display()), e))?;
+        crate::children::adopt(child.id());
+        crate::children::adopt_dir(dir.path().to_path_buf());
         let bash_server = o
             .runtimed
             .parent()
@@ -226,6 +228,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop();
+        crate::children::release(self.child.id());
+        crate::children::release_dir(self.dir.path());
+    }
+}
+
+impl Daemon {
+    fn stop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let start = Instant::now();

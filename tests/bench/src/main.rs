@@ -4,6 +4,7 @@
 //! reported, not an error: the exit code is 0 unless the bench cannot run.
 
 mod bare_chain;
+mod children;
 mod cli;
 mod client;
 mod daemon;
@@ -126,6 +127,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    children::stop_on_signal(&rt);
     match rt.block_on(bench(args)) {
         Ok(report) => {
             if json {

@@ -136,6 +136,7 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| BenchError::io("starting nginx (apt-get install nginx-light)", e))?;
+        crate::children::adopt(child.id());
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if start.elapsed() > Duration::from_secs(10) {
@@ -151,6 +152,13 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        self.stop();
+        crate::children::release(self.child.id());
+    }
+}
+
+impl Nginx {
+    fn stop(&mut self) {
         // SIGTERM: the master stops its worker first (a SIGKILLed master
         // leaves the worker running, orphaned). SIGKILL only if it hangs.
         if let Ok(pid) = i32::try_from(self.child.id()) {
