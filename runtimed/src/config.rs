@@ -109,8 +109,11 @@ pub struct Config {
     #[arg(long, env = "RUNTIMED_MAX_ARTIFACTS_TOTAL_BYTES", default_value_t = 4 << 30)]
     pub max_artifacts_total_bytes: u64,
 
-    /// Default grace period between SIGTERM and SIGKILL, in milliseconds.
-    #[arg(long, env = "RUNTIMED_GRACE_PERIOD_MS", default_value_t = 10_000)]
+    /// Default grace period between SIGTERM and SIGKILL, in milliseconds
+    /// (at most an hour, the Runtime Server protocol's bound). In local mode
+    /// also what Runs still running get when runtimed stops.
+    #[arg(long, env = "RUNTIMED_GRACE_PERIOD_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub grace_period_ms: u64,
 
     /// Threads serving the API, the Runs and their output: 1 (the default)
@@ -125,6 +128,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The default grace period between SIGTERM and SIGKILL.
+    pub fn run_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.grace_period_ms)
+    }
+
     pub fn workspace(&self) -> PathBuf {
         self.workspace
             .clone()

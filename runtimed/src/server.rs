@@ -21,6 +21,9 @@ use tonic::transport::Server;
 /// Runtime Server.
 const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The longest `--shutdown-grace-ms` the built-in servers accept.
+const LOCAL_SHUTDOWN_GRACE_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The bash server binary: flag, else next to this executable, else PATH.
@@ -64,11 +67,23 @@ fn local_command(cfg: &Config, runtime: &str, socket: &Path) -> Result<ServerCom
             .into());
         }
     };
-    args.extend(["--listen".into(), listen, "--workspace".into(), workspace]);
+    // Runs still running when runtimed stops get the default grace, as a
+    // Cancel would give them (up to the servers' bound), and the server
+    // the time to use it.
+    let grace = cfg.run_grace().min(LOCAL_SHUTDOWN_GRACE_MAX);
+    args.extend([
+        "--listen".into(),
+        listen,
+        "--workspace".into(),
+        workspace,
+        "--shutdown-grace-ms".into(),
+        grace.as_millis().to_string().into(),
+    ]);
     Ok(ServerCommand {
         program,
         args,
         socket: socket.to_path_buf(),
+        stop_grace: crate::supervisor::stop_grace(grace),
     })
 }
 
@@ -89,6 +104,9 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut runtimes = BTreeMap::new();
+    // Awaited at shutdown: a supervisor dropped mid-stop would leave its
+    // server unreaped and the Runs it had not killed yet running.
+    let mut supervisors = tokio::task::JoinSet::new();
     let supervised = cfg.runtimes.is_empty();
     if supervised {
         let sockets = cfg.socket_dir();
@@ -98,7 +116,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             let socket = sockets.join(format!("{name}.sock"));
             let cmd = local_command(&cfg, name, &socket)?;
             let server = Arc::new(RuntimeServer::new(name.clone(), Address::Unix(socket))?);
-            tokio::spawn(supervise(server.clone(), cmd, shutdown_rx.clone()));
+            supervisors.spawn(supervise(server.clone(), cmd, shutdown_rx.clone()));
             runtimes.insert(name.clone(), server);
         }
     } else {
@@ -256,18 +274,21 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        Some(r) = tasks.join_next() => {
-            let _ = shutdown_tx.send(true);
-            return match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.into()),
-                Err(e) => Err(e.into()),
-            };
+    let failed: Option<BoxError> = tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: shutting down");
+            None
         }
-    }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: shutting down");
+            None
+        }
+        Some(r) = tasks.join_next() => match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.into()),
+            Err(e) => Some(e.into()),
+        },
+    };
     // Runs that finished just before: saved, cleaned up and queued to be
     // forgotten before the servers go.
     state.tidy.finish_all(FLUSH_PATIENCE).await;
@@ -283,17 +304,37 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
         }
     }
     let _ = shutdown_tx.send(true);
-    // Servers stop accepting; supervisors stop their Runtime Servers.
-    let deadline = tokio::time::sleep(std::time::Duration::from_secs(15));
+    // Servers stop accepting; supervisors stop their Runtime Servers, which
+    // end their Runs (SIGTERM, the grace, SIGKILL to each group) first.
+    let deadline = tokio::time::sleep(
+        crate::supervisor::stop_grace(cfg.run_grace().min(LOCAL_SHUTDOWN_GRACE_MAX))
+            + std::time::Duration::from_secs(2),
+    );
     tokio::pin!(deadline);
-    loop {
+    while !(tasks.is_empty() && supervisors.is_empty()) {
         tokio::select! {
-            r = tasks.join_next() => if r.is_none() { break },
-            _ = &mut deadline => break,
+            _ = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = supervisors.join_next(), if !supervisors.is_empty() => {}
+            _ = &mut deadline => {
+                tracing::warn!("shutdown deadline passed with runtime servers still stopping");
+                break;
+            }
         }
+    }
+    if state.supervised {
+        // The Runs the servers ended on the way out: each gives its permit
+        // back once it is finished, then saves at once (finish_all above
+        // told the bookkeeping not to wait any more).
+        let all = state.permits.acquire_many(state.max_runs);
+        if tokio::time::timeout(FLUSH_PATIENCE, all).await.is_err() {
+            tracing::warn!(
+                "runs ended by the runtime servers' stop did not all finish before shutdown"
+            );
+        }
+        state.tidy.finish_all(FLUSH_PATIENCE).await;
     }
     if let Some(path) = &cfg.unix_socket {
         let _ = std::fs::remove_file(path);
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }

@@ -23,6 +23,9 @@ pub struct ServerCommand {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub socket: PathBuf,
+    /// How long the server may take to stop after SIGTERM (see
+    /// [`stop_grace`]) before it is killed.
+    pub stop_grace: Duration,
 }
 
 /// How long a fresh server may take to pass its handshake.
@@ -30,8 +33,16 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// A server that stayed up this long restarts without accumulated back-off.
 const HEALTHY_RESET: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Time a server gets to exit after SIGTERM when runtimed stops.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// What a server gets to exit after SIGTERM beyond its Runs' grace: their
+/// groups' teardown, the output drained, its own exit.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Time a server gets to exit after SIGTERM when runtimed stops, when it
+/// gives running Runs `run_grace` (its `--shutdown-grace-ms`) between
+/// SIGTERM and SIGKILL: killed earlier, it could not kill their groups.
+pub fn stop_grace(run_grace: Duration) -> Duration {
+    run_grace + STOP_MARGIN
+}
 
 pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -53,13 +64,13 @@ pub async fn supervise(
     cmd: ServerCommand,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if let Some(pid) = adopt(&server, &cmd.socket).await {
+    if let Some(pid) = adopt(&server, &cmd).await {
         tracing::info!(runtime = %server.name, pid, "adopted the runtime server left running by a previous runtimed");
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => if !alive(pid) { break },
                 _ = stopping(&mut shutdown) => {
-                    stop_pid(pid).await;
+                    stop_pid(pid, cmd.stop_grace).await;
                     return;
                 }
             }
@@ -130,7 +141,7 @@ pub async fn supervise(
             r = ready => Early::Handshake(r),
             s = child.wait() => Early::Exited(s),
             _ = stopping(&mut shutdown) => {
-                stop(&mut child).await;
+                stop(&mut child, cmd.stop_grace).await;
                 return;
             }
         };
@@ -141,7 +152,7 @@ pub async fn supervise(
                 tokio::select! {
                     s = child.wait() => s,
                     _ = stopping(&mut shutdown) => {
-                        stop(&mut child).await;
+                        stop(&mut child, cmd.stop_grace).await;
                         return;
                     }
                 }
@@ -198,8 +209,8 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
 }
 
 /// The pid of a ready server already listening on `socket`, if any.
-async fn adopt(server: &RuntimeServer, socket: &std::path::Path) -> Option<i32> {
-    let stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+async fn adopt(server: &RuntimeServer, cmd: &ServerCommand) -> Option<i32> {
+    let stream = tokio::net::UnixStream::connect(&cmd.socket).await.ok()?;
     let pid = stream.peer_cred().ok()?.pid()?;
     drop(stream);
     match server.handshake().await {
@@ -215,7 +226,7 @@ async fn adopt(server: &RuntimeServer, socket: &std::path::Path) -> Option<i32> 
                 Err(e) => e,
             };
             tracing::warn!(runtime = %server.name, pid, reason = %why, "the runtime server left running cannot be adopted; stopping it");
-            stop_pid(pid).await;
+            stop_pid(pid, cmd.stop_grace).await;
             None
         }
     }
@@ -226,11 +237,11 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Stops a server that is not our child: SIGTERM, poll, SIGKILL.
-async fn stop_pid(pid: i32) {
+async fn stop_pid(pid: i32, grace: Duration) {
     let p = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
     let start = Instant::now();
-    while alive(pid) && start.elapsed() < STOP_GRACE {
+    while alive(pid) && start.elapsed() < grace {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if alive(pid) {
@@ -239,11 +250,11 @@ async fn stop_pid(pid: i32) {
 }
 
 /// SIGTERM, a bounded wait, then SIGKILL.
-async fn stop(child: &mut tokio::process::Child) {
+async fn stop(child: &mut tokio::process::Child, grace: Duration) {
     if let Some(pid) = child.id() {
         let pid = nix::unistd::Pid::from_raw(pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
             return;
         }
     }

@@ -306,6 +306,10 @@ async fn forgotten_logs_are_recycled_and_yield_to_the_budget() {
         (ino("log"), ino("idx"))
     };
     let a = inode("a");
+    // b's and c's too: c's is written up to 5 ms after its result (see
+    // runtimed/src/tidy.rs), and would otherwise take a's files first.
+    inode("b");
+    inode("c");
     forget(&mut c, "a").await;
     assert_eq!(recycled(&d), [48894]);
     let mut req = sh("seq 1 9000"); // 43893 bytes

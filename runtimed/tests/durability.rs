@@ -222,6 +222,97 @@ async fn a_run_finished_just_before_a_shutdown_is_saved_finished() {
     );
 }
 
+/// Alive, and not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// A clean shutdown in local mode ends the Runs still running with it: the
+/// servers give them the grace (`--grace-period-ms`, 1000 ms here) and
+/// SIGKILL what ignores SIGTERM, and runtimed waits for its servers before
+/// it exits. No process of a Run outlives runtimed, runtimed reaps its
+/// server, and both Runs are saved ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_ends_the_runs_still_running_with_it() {
+    let d = Daemon::start(&[]).await;
+    d.wait_ready("bash").await;
+    let mut c = d.client();
+    let pids = d.dir.path().join("pids");
+    let p = pids.display();
+    // Ignores SIGTERM, and so does its background child.
+    start_detached(
+        &mut c,
+        "stubborn",
+        &format!("trap '' TERM; sleep 100 & echo $$ $! >> '{p}'; wait"),
+    )
+    .await;
+    start_detached(
+        &mut c,
+        "plain",
+        &format!("echo $$ >> '{p}'; exec sleep 100"),
+    )
+    .await;
+    let start = Instant::now();
+    let run_pids: Vec<i32> = loop {
+        let got: Vec<i32> = std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if got.len() == 3 {
+            break got;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{got:?}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let server_pids: Vec<i32> = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("runtime server ready") && l.contains("runtime=bash"))
+        .filter_map(|l| {
+            l.split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(server_pids.len(), 1, "{}", d.log());
+    drop(c);
+    let dir = d.stop();
+    for pid in &run_pids {
+        assert!(!running(*pid), "the Run's process {pid} outlived runtimed");
+    }
+    // Waited for and reaped by runtimed itself, not left a zombie for init.
+    for pid in &server_pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        assert!(stat.is_err(), "the bash server outlived runtimed: {stat:?}");
+    }
+    let (d, mut c, r) = restart_and_wait(dir, "stubborn").await;
+    assert_eq!(r.phase, pb::Phase::Cancelled as i32, "{r:?}\n{}", d.log());
+    assert_eq!(r.signal, Some(9), "{r:?}");
+    let r = c
+        .get(pb::GetRequest {
+            run_id: "plain".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.phase, pb::Phase::Cancelled as i32, "{r:?}\n{}", d.log());
+    assert_eq!(r.signal, Some(15), "{r:?}");
+}
+
 /// A short Run's first output is held in memory, not yet in the spool
 /// files; a SIGKILL then loses nothing either: the restarted runtimed
 /// re-attaches from offset 0 and the Runtime Server replays it.
