@@ -316,7 +316,11 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
             _ = tasks.join_next(), if !tasks.is_empty() => {}
             _ = supervisors.join_next(), if !supervisors.is_empty() => {}
             _ = &mut deadline => {
-                tracing::warn!("shutdown deadline passed with runtime servers still stopping");
+                tracing::warn!(
+                    api = tasks.len(),
+                    runtime_servers = supervisors.len(),
+                    "shutdown deadline passed with these still stopping; exiting anyway"
+                );
                 break;
             }
         }
