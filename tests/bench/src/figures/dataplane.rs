@@ -137,6 +137,8 @@ impl Nginx {
             .spawn()
             .map_err(|e| BenchError::io("starting nginx (apt-get install nginx-light)", e))?;
         crate::children::adopt(child.id());
+        // Stopped on drop from here on, also when it never listens.
+        let nginx = Nginx { child, port };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if start.elapsed() > Duration::from_secs(10) {
@@ -146,7 +148,7 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Nginx { child, port })
+        Ok(nginx)
     }
 }
 
