@@ -302,6 +302,11 @@ async fn a_clean_shutdown_ends_the_runs_still_running_with_it() {
     let (d, mut c, r) = restart_and_wait(dir, "stubborn").await;
     assert_eq!(r.phase, pb::Phase::Cancelled as i32, "{r:?}\n{}", d.log());
     assert_eq!(r.signal, Some(9), "{r:?}");
+    assert!(
+        r.message.contains("(the runtime server stopped)"),
+        "{}",
+        r.message
+    );
     let r = c
         .get(pb::GetRequest {
             run_id: "plain".into(),

@@ -47,7 +47,17 @@ impl Which {
 pub struct CancelOrder {
     pub kill_at: Instant,
     pub grace: Duration,
-    pub timed_out: bool,
+    pub why: StopReason,
+}
+
+/// Why an execution is stopped: the Exit says `timed_out` for a timeout and
+/// `cancelled` for the other two; its message tells those apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancel,
+    Timeout,
+    /// The server itself is stopping.
+    Shutdown,
 }
 
 /// A reader's own progress: which stream it serves first next time, and
@@ -156,8 +166,8 @@ impl Execution {
     }
 
     /// Asks the supervisor to stop the process group. A second order can only
-    /// shorten the grace; the first order's reason (cancel or timeout) stays.
-    pub fn request_cancel(&self, grace: Duration, timed_out: bool) {
+    /// shorten the grace; the first order's reason stays.
+    pub fn request_cancel(&self, grace: Duration, why: StopReason) {
         if self.lock().leader_exited {
             return;
         }
@@ -167,7 +177,7 @@ impl Execution {
                 *cur = Some(CancelOrder {
                     kill_at,
                     grace,
-                    timed_out,
+                    why,
                 });
                 true
             }

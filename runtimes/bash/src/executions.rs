@@ -16,7 +16,7 @@ use kruntimes_proto::time::to_timestamp;
 use tokio::sync::{Notify, watch};
 
 use crate::error::RuntimeError;
-use crate::execution::{Execution, Which};
+use crate::execution::{Execution, StopReason, Which};
 use crate::pump::pump;
 use crate::reaper::Reaper;
 use crate::spawn::{Env, Launch, resolve_program, spawn};
@@ -271,7 +271,7 @@ impl Executions {
     pub fn cancel(&self, id: &str, grace_ms: u64) -> Result<(), RuntimeError> {
         let exec = self.get(id)?;
         let grace = validate::grace_period("grace_period_ms", grace_ms)?;
-        exec.request_cancel(grace, false);
+        exec.request_cancel(grace, StopReason::Cancel);
         Ok(())
     }
 
@@ -325,7 +325,7 @@ impl Executions {
             "shutting down: cancelling running executions"
         );
         for e in &running {
-            e.request_cancel(e.grace.min(cap), false);
+            e.request_cancel(e.grace.min(cap), StopReason::Shutdown);
         }
         // Grace, then SIGKILL, group teardown and output drain all take time.
         let deadline = Instant::now() + cap + Duration::from_secs(10);

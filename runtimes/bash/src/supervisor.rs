@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
-use crate::execution::{CancelOrder, Execution};
+use crate::execution::{CancelOrder, Execution, StopReason};
 use crate::pump::PumpEnd;
 use crate::reaper::ProcessExit;
 
@@ -88,7 +88,7 @@ pub async fn supervise(s: Supervised) {
                 }
             }
             _ = sleep_until(timeout_at.unwrap_or(far).into()), if timeout_at.is_some() && order.is_none() => {
-                exec.request_cancel(grace, true);
+                exec.request_cancel(grace, StopReason::Timeout);
             }
             _ = sleep_until(kill_at.unwrap_or(far).into()), if kill_at.is_some() => {
                 signal_group(pgid, Signal::SIGKILL);
@@ -115,8 +115,8 @@ pub async fn supervise(s: Supervised) {
             ProcessExit::Code(c) => exit::Status::Code(c),
             ProcessExit::Signal(s) => exit::Status::Signal(s),
         }),
-        timed_out: order.is_some_and(|o| o.timed_out),
-        cancelled: order.is_some_and(|o| !o.timed_out),
+        timed_out: order.is_some_and(|o| o.why == StopReason::Timeout),
+        cancelled: order.is_some_and(|o| o.why != StopReason::Timeout),
         started_at: Some(to_timestamp(exec.started_at)),
         finished_at: Some(to_timestamp(SystemTime::now())),
         message: message(
@@ -180,11 +180,13 @@ fn message(
         ProcessExit::Signal(s) => format!("killed by {} ({s})", signal_name(s)),
     };
     if let Some(o) = order {
-        if o.timed_out {
-            let t = timeout.unwrap_or_default();
-            m.push_str(&format!("; timed out after {t:?}"));
-        } else {
-            m.push_str("; cancelled");
+        match o.why {
+            StopReason::Timeout => {
+                let t = timeout.unwrap_or_default();
+                m.push_str(&format!("; timed out after {t:?}"));
+            }
+            StopReason::Cancel => m.push_str("; cancelled"),
+            StopReason::Shutdown => m.push_str("; cancelled (the runtime server stopped)"),
         }
         if killed {
             m.push_str(&format!(", SIGKILL after {:?} grace", o.grace));
@@ -203,4 +205,45 @@ fn message(
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stopped(why: StopReason, killed: bool) -> String {
+        let order = CancelOrder {
+            kill_at: Instant::now(),
+            grace: Duration::from_secs(1),
+            why,
+        };
+        message(
+            ProcessExit::Signal(if killed { 9 } else { 15 }),
+            Some(order),
+            killed,
+            Some(Duration::from_secs(5)),
+            true,
+            PumpEnd::Eof,
+            PumpEnd::Eof,
+        )
+    }
+
+    /// The Exit's message says why the execution was stopped; only the
+    /// flags (`timed_out`, `cancelled`) cannot tell a server's own stop
+    /// from a client's Cancel.
+    #[test]
+    fn the_message_says_why_an_execution_was_stopped() {
+        assert_eq!(
+            stopped(StopReason::Cancel, false),
+            "killed by SIGTERM (15); cancelled, ended after SIGTERM"
+        );
+        assert_eq!(
+            stopped(StopReason::Timeout, true),
+            "killed by SIGKILL (9); timed out after 5s, SIGKILL after 1s grace"
+        );
+        assert_eq!(
+            stopped(StopReason::Shutdown, true),
+            "killed by SIGKILL (9); cancelled (the runtime server stopped), SIGKILL after 1s grace"
+        );
+    }
 }

@@ -44,3 +44,31 @@ def test_output_waits_for_an_exit_reported_before_the_pipes_eof(monkeypatch: pyt
         return [[e.WhichOneof("event") for e in b] for b in batches]
 
     assert asyncio.run(scenario()) == [["output", "exited"]]
+
+
+def test_a_cancel_by_the_stopping_server_says_so() -> None:
+    """Executions the server cancels because it is stopping end `cancelled`
+    with a message naming why; a later cancel does not change the reason."""
+
+    async def scenario() -> tuple[object, list[tuple[int, int]]]:
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+        sent: list[tuple[int, int]] = []
+        spec = StartSpec("e2", CommandProgram(["sleep", "30"]))
+        ex = Execution(loop, spec, out_r, err_r, 1 << 20, lambda pid, sig: sent.append((pid, sig)))
+        ex.begin(4242, time.time_ns())
+        ex.cancel(60_000, server_stopping=True)
+        ex.cancel(60_000)
+        ex.on_leader_exit({"signal": 15, "time_ns": time.time_ns()})
+        os.close(out_w)
+        os.close(err_w)
+        await asyncio.wait_for(ex.wait(), 10)
+        return ex.exit, sent
+
+    exit_msg, sent = asyncio.run(scenario())
+    assert sent and sent[0] == (4242, 15), sent
+    assert exit_msg.cancelled and not exit_msg.timed_out
+    assert "cancelled (the runtime server stopped)" in exit_msg.message, exit_msg.message

@@ -69,6 +69,8 @@ class Execution:
         self.exit: Any = None  # pb.Exit once final
         self.cancelled = False
         self.timed_out = False
+        # Cancelled because the server itself is stopping (said in the Exit).
+        self.server_stopping = False
         self.killed = False
         self.lost_reason: str | None = None
         self.drain_note: str | None = None
@@ -130,13 +132,15 @@ class Execution:
                 pass
         self.on_leader_exit({"signal": int(signal.SIGKILL), "time_ns": time.time_ns()})
 
-    def cancel(self, grace_ms: int) -> None:
+    def cancel(self, grace_ms: int, server_stopping: bool = False) -> None:
         """SIGTERM the group, SIGKILL it after the grace period. Idempotent; a
-        shorter grace on a repeated cancel brings the SIGKILL forward."""
+        shorter grace on a repeated cancel brings the SIGKILL forward; the
+        first reason stays."""
         if self.leader is not None:
             return
-        if not self.timed_out:
+        if not self.timed_out and not self.cancelled:
             self.cancelled = True
+            self.server_stopping = server_stopping
         self._terminate(grace_ms)
 
     def _on_timeout(self) -> None:
@@ -228,7 +232,12 @@ class Execution:
         if self.lost_reason is not None:
             text = f"failed: {self.lost_reason}; the execution's process group was killed"
         elif self.timed_out or self.cancelled:
-            what = f"timed out after {self.spec.timeout_ms} ms" if self.timed_out else "cancelled"
+            if self.timed_out:
+                what = f"timed out after {self.spec.timeout_ms} ms"
+            elif self.server_stopping:
+                what = "cancelled (the runtime server stopped)"
+            else:
+                what = "cancelled"
             text = f"{what}: SIGTERM sent to the process group"
             if self.killed:
                 text += f", SIGKILL after {self._grace_ms} ms grace"

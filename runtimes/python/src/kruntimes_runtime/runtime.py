@@ -125,7 +125,7 @@ class Runtime:
             self._restart_task.cancel()
         running = [e for e in self.executions.values() if e.running]
         for execution in running:
-            execution.cancel(grace_ms)
+            execution.cancel(grace_ms, server_stopping=True)
         if running:
             await asyncio.wait(
                 [asyncio.ensure_future(e.wait()) for e in running],
