@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -20,6 +21,10 @@ struct Live {
     pids: Vec<u32>,
     dirs: Vec<PathBuf>,
 }
+
+/// Set once a signal came: the measurement failing under the stop is not a
+/// result to report.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 static LIVE: Mutex<Live> = Mutex::new(Live {
     pids: Vec::new(),
@@ -57,14 +62,16 @@ pub fn release_dir(dir: &std::path::Path) {
 /// a shell script): the shell meant Ctrl-C not to reach the bench.
 pub fn stop_on_signal(rt: &tokio::runtime::Runtime) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = rt.block_on(async { signal(SignalKind::terminate()) }) else {
+    // The handlers register with this runtime's driver.
+    let _in_runtime = rt.enter();
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
         // Without the handler the default action (exit) stays.
         return;
     };
     let mut int = if ignored(Signal::SIGINT) {
         None
     } else {
-        rt.block_on(async { signal(SignalKind::interrupt()) }).ok()
+        signal(SignalKind::interrupt()).ok()
     };
     rt.spawn(async move {
         let interrupt = async {
@@ -77,10 +84,19 @@ pub fn stop_on_signal(rt: &tokio::runtime::Runtime) {
             _ = interrupt => {}
             _ = term.recv() => {}
         }
+        INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("kruntimes-bench: interrupted; stopping the processes it started");
         stop_all();
         std::process::exit(130);
     });
+}
+
+/// After an interruption, waits for the watcher to finish stopping and
+/// exit; returns at once otherwise.
+pub fn exit_if_interrupted() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn stop_all() {

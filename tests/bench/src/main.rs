@@ -128,7 +128,10 @@ fn main() -> ExitCode {
         }
     };
     children::stop_on_signal(&rt);
-    match rt.block_on(bench(args)) {
+    let outcome = rt.block_on(bench(args));
+    // No report of a run cut short by Ctrl-C: the watcher exits with 130.
+    children::exit_if_interrupted();
+    match outcome {
         Ok(report) => {
             if json {
                 println!("{}", report.to_json());
