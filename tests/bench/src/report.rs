@@ -97,6 +97,24 @@ impl Goal {
         }
     }
 
+    /// The ratio with two decimals, or as many more (up to four) as it
+    /// takes for the printed ratio to agree with the verdict: 0.2504 is
+    /// "0.2504x" next to "<= 0.25x | MISS", not "0.25x".
+    fn render_ratio(&self, ratio: f64) -> String {
+        let verdict = self.met(Some(ratio), None);
+        let mut decimals = 2;
+        loop {
+            let shown = format!("{ratio:.decimals$}");
+            let agrees = shown
+                .parse::<f64>()
+                .is_ok_and(|r| self.met(Some(r), None) == verdict);
+            if agrees || decimals == 4 {
+                return format!("{shown}x");
+            }
+            decimals += 1;
+        }
+    }
+
     fn met(&self, ratio: Option<f64>, measured: Option<&Value>) -> Option<bool> {
         match *self {
             Goal::RatioAtMost(l) => ratio.map(|r| r <= l),
@@ -279,7 +297,7 @@ impl Report {
                 r.baseline_name.clone(),
                 r.baseline.map(|v| v.render()).unwrap_or_else(|| "-".into()),
                 r.ratio
-                    .map(|x| format!("{x:.2}x"))
+                    .map(|x| r.goal.render_ratio(x))
                     .unwrap_or_else(|| "-".into()),
                 r.goal.render(r.measured.map(|m| m.unit)),
                 r.verdict.render().into(),
@@ -389,6 +407,17 @@ mod tests {
         assert_eq!(r.verdict, Verdict::Miss);
         let r = Row::measured("m", "m", rss, "-", None, Goal::None);
         assert_eq!(r.verdict, Verdict::Info);
+    }
+
+    #[test]
+    fn a_ratio_is_printed_with_the_decimals_its_verdict_needs() {
+        let at_most = Goal::RatioAtMost(0.25);
+        assert_eq!(at_most.render_ratio(0.2504), "0.2504x");
+        assert_eq!(at_most.render_ratio(0.25), "0.25x");
+        assert_eq!(at_most.render_ratio(0.2349), "0.23x");
+        assert_eq!(Goal::RatioAtLeast(0.5).render_ratio(0.4976), "0.498x");
+        assert_eq!(Goal::RatioAtMost(1.5).render_ratio(1.50001), "1.5000x");
+        assert_eq!(Goal::None.render_ratio(1.2345), "1.23x");
     }
 
     #[test]
