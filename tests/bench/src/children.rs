@@ -136,13 +136,7 @@ fn ignored(sig: Signal) -> bool {
 /// Alive and not yet a zombie (nobody reaps it once the bench exits; init
 /// does).
 fn running(pid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
-        })
-        .unwrap_or(false)
+    u32::try_from(pid.as_raw()).is_ok_and(crate::procfs::running)
 }
 
 #[cfg(test)]

@@ -23,10 +23,9 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
 /// threads that already exited. /proc reports it in USER_HZ ticks, which the
 /// Linux ABI fixes at 100 per second.
 pub fn cpu_ms(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
     // After the comm: state is field 3, utime field 14, stime field 15.
-    let mut fields = after.split_whitespace().skip(11);
+    let stat = stat_after_comm(pid)?;
+    let mut fields = stat.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some((utime + stime) as f64 * 10.0)
@@ -54,12 +53,27 @@ pub fn loadavg() -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
-/// Parent pid from /proc/<pid>/stat (field 4, after the parenthesised comm,
-/// which may itself contain spaces or parentheses).
+/// /proc/<pid>/stat from field 3 (the state) on: what follows the
+/// parenthesised comm, which may itself contain spaces or parentheses.
+fn stat_after_comm(pid: u32) -> Option<String> {
+    let mut stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let end = stat.rfind(')')? + 1;
+    stat.drain(..end);
+    Some(stat)
+}
+
+/// Parent pid (field 4).
 fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
+    stat_after_comm(pid)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Alive and not yet a zombie (state, field 3, other than `Z`).
+pub fn running(pid: u32) -> bool {
+    stat_after_comm(pid).is_some_and(|s| s.split_whitespace().next().is_some_and(|st| st != "Z"))
 }
 
 /// The direct child of `parent` whose executable is `exe`.
