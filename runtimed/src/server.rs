@@ -24,6 +24,12 @@ const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The longest `--shutdown-grace-ms` the built-in servers accept.
 const LOCAL_SHUTDOWN_GRACE_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The grace a built-in server gives its Runs when it stops: runtimed's
+/// default grace, as a Cancel would give them, up to the servers' bound.
+fn local_shutdown_grace(cfg: &Config) -> std::time::Duration {
+    cfg.run_grace().min(LOCAL_SHUTDOWN_GRACE_MAX)
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The bash server binary: flag, else next to this executable, else PATH.
@@ -67,10 +73,9 @@ fn local_command(cfg: &Config, runtime: &str, socket: &Path) -> Result<ServerCom
             .into());
         }
     };
-    // Runs still running when runtimed stops get the default grace, as a
-    // Cancel would give them (up to the servers' bound), and the server
-    // the time to use it.
-    let grace = cfg.run_grace().min(LOCAL_SHUTDOWN_GRACE_MAX);
+    // Runs still running when runtimed stops get that grace, and the
+    // server the time to use it.
+    let grace = local_shutdown_grace(cfg);
     args.extend([
         "--listen".into(),
         listen,
@@ -307,7 +312,7 @@ pub async fn serve(cfg: Config) -> Result<(), BoxError> {
     // Servers stop accepting; supervisors stop their Runtime Servers, which
     // end their Runs (SIGTERM, the grace, SIGKILL to each group) first.
     let deadline = tokio::time::sleep(
-        crate::supervisor::stop_grace(cfg.run_grace().min(LOCAL_SHUTDOWN_GRACE_MAX))
+        crate::supervisor::stop_grace(local_shutdown_grace(&cfg))
             + std::time::Duration::from_secs(2),
     );
     tokio::pin!(deadline);
